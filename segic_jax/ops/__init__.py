@@ -1,0 +1,1 @@
+"""Pure array functions shared by the models: resizing and attention."""

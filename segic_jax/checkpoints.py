@@ -1,0 +1,169 @@
+"""Converted-model checkpoint directories: one orbax tree of parameters plus a JSON description.
+
+Layout of a directory written by `save_model`:
+    segic_jax.json   {"kind": "dinov2" | "clip_text", "config": {...}, "source": "...", "format": 1}
+    params/          orbax checkpoint of the parameters (nested like the NNX module tree)
+    ...              extra files the kind needs at load time (e.g. the CLIP tokenizer)
+
+A directory is written under a temporary name next to its destination and renamed only once every
+part is on disk, so a failed or interrupted write never leaves something that `load_model` would
+take for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+DESCRIPTION_FILE = "segic_jax.json"
+PARAMS_DIR = "params"
+FORMAT_VERSION = 1
+
+
+def _kinds() -> dict[str, tuple[type, Callable]]:
+    from segic_jax.models import clip_text, dinov2
+
+    return {
+        "dinov2": (dinov2.Dinov2Config, dinov2.Dinov2),
+        "clip_text": (clip_text.ClipTextConfig, clip_text.ClipTextModel),
+    }
+
+
+def _model_class(kind: str):
+    kinds = _kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(kinds)}")
+    return kinds[kind]
+
+
+def abstract_model(kind: str, config, dtype=jnp.float32):
+    """The model with shape-only parameters (nothing allocated)."""
+    _, model_cls = _model_class(kind)
+    return nnx.eval_shape(lambda: model_cls(config, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def _path_str(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def flatten_params(tree: Any) -> dict[str, Any]:
+    """{'blocks.0.attn.qkv.kernel': leaf, ...} from a nested parameter tree."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_path_str(path): leaf for path, leaf in leaves}
+
+
+def param_shapes(kind: str, config) -> dict[str, tuple[int, ...]]:
+    """Dotted parameter path -> shape, for every parameter of a model of this kind and config."""
+    pure = nnx.to_pure_dict(nnx.state(abstract_model(kind, config), nnx.Param))
+    return {k: tuple(v.shape) for k, v in flatten_params(pure).items()}
+
+
+def _unflatten_like(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, _: flat[_path_str(p)], template)
+
+
+def build_model(kind: str, config, params: Mapping[str, np.ndarray], *, dtype=jnp.float32):
+    """A model of this kind and config holding `params` (dotted path -> array)."""
+    model = abstract_model(kind, config, dtype)
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    template = nnx.to_pure_dict(state)
+    nnx.replace_by_pure_dict(state, _unflatten_like(template, {k: jnp.asarray(v) for k, v in params.items()}))
+    return nnx.merge(graphdef, state, rest)
+
+
+def save_model(
+    out_dir: str,
+    kind: str,
+    config,
+    params: Mapping[str, np.ndarray],
+    *,
+    source: str = "",
+    extra_files: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write `params` (dotted path -> array, exactly the model's parameters) as a checkpoint.
+
+    `extra_files` maps a name inside the directory to a file to copy there. Returns the absolute
+    path of the directory.
+    """
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    expected = param_shapes(kind, config)
+    if set(params) != set(expected):
+        raise ValueError(
+            f"parameters do not match a {kind} model: missing {sorted(set(expected) - set(params))}, "
+            f"unexpected {sorted(set(params) - set(expected))}"
+        )
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config), nnx.Param))
+        tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, os.path.join(tmp, name))
+        description = {"kind": kind, "config": config.to_dict(), "source": source, "format": FORMAT_VERSION}
+        with open(os.path.join(tmp, DESCRIPTION_FILE), "w") as f:
+            json.dump(description, f, indent=2)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_description(path: str) -> dict[str, Any]:
+    desc_path = os.path.join(path, DESCRIPTION_FILE)
+    if not os.path.isfile(desc_path):
+        raise FileNotFoundError(
+            f"{path} is not a segic_jax checkpoint: {DESCRIPTION_FILE} is missing "
+            "(write one with `python -m segic_jax.convert`)"
+        )
+    with open(desc_path) as f:
+        try:
+            desc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{desc_path} is not valid JSON: {e}") from None
+    if desc.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{desc_path}: unsupported checkpoint format {desc.get('format')!r}")
+    return desc
+
+
+def load_config(path: str, kind: str):
+    desc = read_description(path)
+    if desc.get("kind") != kind:
+        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not {kind!r}")
+    config_cls, _ = _model_class(kind)
+    return config_cls.from_dict(desc["config"])
+
+
+def load_model(path: str, kind: str, *, dtype=jnp.float32):
+    """Build the model described in `path` and fill it with the saved parameters."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    config = load_config(path, kind)
+    model = abstract_model(kind, config, dtype)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
+    )
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(path, PARAMS_DIR), target)
+    nnx.replace_by_pure_dict(params, restored)
+    return nnx.merge(graphdef, params, rest)

@@ -1,0 +1,1 @@
+"""Foreign checkpoints -> segic_jax checkpoints, one key table per model."""

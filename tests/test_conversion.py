@@ -1,0 +1,145 @@
+"""Converter errors, atomic writes and the command line."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+from segic_jax import checkpoints, convert
+from segic_jax.conversion import dinov2 as dinov2_conversion
+from segic_jax.conversion.core import ConversionError, Rule, apply_rules, linear
+from segic_jax.models import dinov2
+from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
+
+
+@pytest.fixture(scope="module")
+def hub_state(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf")
+    hf_dinov2().save_pretrained(str(folder))
+    return hf_folder_to_hub_state_dict(str(folder))
+
+
+def _write(tmp_path, state, name="dinov2_vits14_pretrain.pth"):
+    path = str(tmp_path / name)
+    torch.save(state, path)
+    return path
+
+
+def _nothing_written(tmp_path, out_name="out"):
+    return not (tmp_path / out_name).exists() and not any(".partial-" in p for p in os.listdir(tmp_path))
+
+
+def test_missing_key_is_named_and_nothing_written(tmp_path, hub_state, capsys):
+    state = dict(hub_state)
+    del state["blocks.1.attn.proj.weight"]
+    src = _write(tmp_path, state)
+    assert convert.main(["dinov2", "--src", src, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "missing keys" in err and "blocks.1.attn.proj.kernel" in err
+    assert _nothing_written(tmp_path)
+
+
+def test_wrong_shape_is_named(tmp_path, hub_state):
+    state = dict(hub_state)
+    state["blocks.0.mlp.fc1.bias"] = torch.zeros(7)
+    with pytest.raises(ConversionError, match=r"blocks.0.mlp.fc1.bias: source gives \(7,\), model needs \(512,\)"):
+        dinov2_conversion.convert(_write(tmp_path, state), progress=False)
+
+
+def test_unexpected_key_is_named(tmp_path, hub_state):
+    state = dict(hub_state)
+    state["head.weight"] = torch.zeros(3, 3)
+    state["blocks.7.norm1.weight"] = torch.zeros(128)  # a block the 2-deep model does not have
+    with pytest.raises(ConversionError) as e:
+        dinov2_conversion.convert(_write(tmp_path, state), overrides={"depth": 2}, progress=False)
+    assert "unexpected keys (no rule converts them): head.weight" in str(e.value)
+    assert "blocks.7.norm1.weight -> blocks.7.norm1.scale" in str(e.value)
+
+
+def test_fused_target_with_a_missing_slice_is_named():
+    rules = [Rule("q", "qkv", linear, (0, 3)), Rule("k", "qkv", linear, (1, 3))]
+    with pytest.raises(ConversionError, match=r"qkv: slices \[2\] of 3 are missing"):
+        apply_rules({"q": np.ones((2, 2)), "k": np.ones((2, 2))}, rules, {"qkv": (2, 6)}, progress=False)
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("weights.npz", b"x", "expected a .pth, .pt, .bin or .safetensors file"),
+        ("broken.pth", b"not a zip", "cannot read .* as a PyTorch checkpoint"),
+        ("broken.safetensors", b"\x00" * 3, "cannot read .* as safetensors"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConversionError, match=message):
+        dinov2_conversion.convert(str(tmp_path / name), progress=False)
+
+
+def test_absent_source_and_foreign_checkpoint_are_named(tmp_path):
+    with pytest.raises(ConversionError, match="does not exist"):
+        dinov2_conversion.convert(str(tmp_path / "nope.pth"), progress=False)
+    save_file({"fc.weight": np.zeros((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConversionError, match="neither an official DINOv2 checkpoint"):
+        dinov2_conversion.convert(str(tmp_path), progress=False)
+    with pytest.raises(ConversionError, match="folder without weights"):
+        dinov2_conversion.convert(str(tmp_path / ".."), progress=False)
+
+
+def test_cli_converts_and_refuses_to_overwrite(tmp_path, hub_state, capsys):
+    src = _write(tmp_path, hub_state)
+    out = str(tmp_path / "out")
+    assert convert.main(["dinov2", "--src", src, "--out", out]) == 0
+    assert "wrote dinov2" in capsys.readouterr().out
+    model = dinov2.load(out)
+    assert model.cfg.interpolate_offset == 0.1 and model.cfg.depth == 2
+    before = os.listdir(os.path.join(out, checkpoints.PARAMS_DIR))
+    assert convert.main(["dinov2", "--src", src, "--out", out]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert os.listdir(os.path.join(out, checkpoints.PARAMS_DIR)) == before
+    assert convert.main(
+        ["dinov2", "--src", src, "--out", out, "--overwrite", "--interpolate-offset", "0", "--interpolate-antialias", "true"]
+    ) == 0
+    cfg = dinov2.load(out).cfg
+    assert cfg.interpolate_offset == 0.0 and cfg.interpolate_antialias
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, hub_state):
+    config, params = dinov2_conversion.convert(_write(tmp_path, hub_state), progress=False)
+    with pytest.raises(FileNotFoundError):
+        checkpoints.save_model(
+            str(tmp_path / "out"), "dinov2", config, params, extra_files={"tokenizer.json": str(tmp_path / "absent")}
+        )
+    assert _nothing_written(tmp_path)
+    params.pop("norm.bias")
+    with pytest.raises(ValueError, match="missing.*norm.bias"):
+        checkpoints.save_model(str(tmp_path / "out"), "dinov2", config, params)
+    assert _nothing_written(tmp_path)
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path, hub_state):
+    with pytest.raises(FileNotFoundError, match="not a segic_jax checkpoint"):
+        dinov2.load(str(tmp_path))
+    config, params = dinov2_conversion.convert(_write(tmp_path, hub_state), progress=False)
+    out = checkpoints.save_model(str(tmp_path / "out"), "dinov2", config, params)
+    from segic_jax.models import clip_text
+
+    with pytest.raises(ValueError, match="holds a 'dinov2' model, not 'clip_text'"):
+        clip_text.load(out)
+    desc = os.path.join(out, checkpoints.DESCRIPTION_FILE)
+    with open(desc) as f:
+        d = json.load(f)
+    d["config"]["depth_typo"] = 3
+    with open(desc, "w") as f:
+        json.dump(d, f)
+    with pytest.raises(ValueError, match=r"unknown DINOv2 config fields \['depth_typo'\]"):
+        dinov2.load(out)
+
+
+def test_clip_source_must_be_a_folder(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert convert.main(["clip_text", "--src", str(tmp_path / "model.safetensors"), "--out", str(tmp_path / "o")]) == 1

@@ -1,0 +1,69 @@
+"""Convert official PyTorch / Hugging Face weights into segic_jax checkpoint directories.
+
+    python -m segic_jax.convert dinov2 --src dinov2_vitl14_pretrain.pth --out ckpt/dinov2_vitl14
+    python -m segic_jax.convert dinov2 --src facebook-dinov2-large/ --out ckpt/dinov2_hf_l
+    python -m segic_jax.convert clip_text --src clip-vit-large-patch14/ --out ckpt/clip_text
+
+Nothing is written unless the whole conversion succeeds; an existing --out is kept unless
+--overwrite is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from segic_jax import checkpoints
+from segic_jax.conversion import clip_text, dinov2
+from segic_jax.conversion.core import ConversionError
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m segic_jax.convert", description=__doc__.split("\n")[1])
+    sub = parser.add_subparsers(dest="model", required=True)
+    d = sub.add_parser("dinov2", help="DINOv2 hub .pth or Hugging Face facebook/dinov2-* folder")
+    d.add_argument(
+        "--interpolate-offset",
+        type=float,
+        help="positional-embedding resampling offset (hub ViTs: 0.1; register models and Hugging Face: 0)",
+    )
+    d.add_argument(
+        "--interpolate-antialias",
+        choices=("true", "false"),
+        help="antialias the positional-embedding resampling (default: as the source implementation)",
+    )
+    c = sub.add_parser("clip_text", help="Hugging Face openai/clip-vit-* folder (text tower)")
+    for p in (d, c):
+        p.add_argument("--src", required=True, help="checkpoint file or model folder")
+        p.add_argument("--out", required=True, help="directory to write")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    try:
+        if args.model == "dinov2":
+            overrides = {}
+            if args.interpolate_offset is not None:
+                overrides["interpolate_offset"] = args.interpolate_offset
+            if args.interpolate_antialias is not None:
+                overrides["interpolate_antialias"] = args.interpolate_antialias == "true"
+            config, params = dinov2.convert(args.src, overrides=overrides)
+            extra = {}
+        else:
+            config, params, extra = clip_text.convert(args.src)
+        out = checkpoints.save_model(
+            args.out, args.model, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite
+        )
+    except (ConversionError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = sum(v.size for v in params.values())
+    print(f"wrote {args.model} ({len(params)} tensors, {n:,} parameters) to {out}")
+    print(f"config: {config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

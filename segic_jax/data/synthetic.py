@@ -1,0 +1,116 @@
+"""Synthetic in-context scenes that need no download.
+
+An object class is a shape, a colour and a texture. A scene places one object of a class on a
+cluttered background (smooth colour noise plus distractor objects of other classes); a pair is
+two scenes with the same class at different positions, sizes and rotations, so the reference's
+object has to be found again in the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+SHAPES = ("ellipse", "rectangle", "triangle", "star")
+TEXTURES = ("plain", "stripes", "checker", "dots")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "magenta": (200, 50, 200),
+    "cyan": (40, 200, 210),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectClass:
+    shape: str
+    colour: str
+    texture: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.texture} {self.shape}"
+
+
+def all_classes() -> list[ObjectClass]:
+    return [ObjectClass(s, c, t) for s in SHAPES for c in COLOURS for t in TEXTURES]
+
+
+def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (c * dx + s * dy) / radius, (-s * dx + c * dy) / radius
+    if shape == "ellipse":
+        return u**2 + (v / 0.6) ** 2 <= 1
+    if shape == "rectangle":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 0.55)
+    if shape == "triangle":
+        return (v <= 0.5) & (v >= 2 * np.abs(u) - 1.0)
+    r, theta = np.hypot(u, v), np.arctan2(v, u)
+    return r <= 0.55 + 0.45 * np.cos(5 * theta)  # star
+
+
+def _texture(texture: str, size: int, period: float, angle: float) -> np.ndarray:
+    """Brightness factor in [0.55, 1] per pixel."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = np.cos(angle) * xx + np.sin(angle) * yy
+    v = -np.sin(angle) * xx + np.cos(angle) * yy
+    if texture == "plain":
+        return np.ones((size, size), np.float32)
+    if texture == "stripes":
+        on = np.sin(2 * np.pi * u / period) > 0
+    elif texture == "checker":
+        on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+    else:
+        on = np.hypot((u % period) - period / 2, (v % period) - period / 2) < period / 4
+    return np.where(on, 1.0, 0.55).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    coarse = rng.uniform(60, 200, (4, 4, 3)).astype(np.float32)
+    reps = -(-size // 4)
+    smooth = np.kron(coarse, np.ones((reps, reps, 1), np.float32))[:size, :size]
+    return smooth + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
+
+
+def _paint(image, rng, cls: ObjectClass, size: int, radius: float, avoid=None) -> np.ndarray:
+    for _ in range(20):
+        cx, cy = rng.uniform(radius, size - radius, 2)
+        mask = _shape_mask(cls.shape, size, cx, cy, radius, rng.uniform(0, np.pi))
+        if avoid is None or (mask & avoid).sum() < 0.1 * mask.sum():
+            break
+    shade = _texture(cls.texture, size, period=max(radius / 3, 3.0), angle=rng.uniform(0, np.pi))
+    colour = np.asarray(COLOURS[cls.colour], np.float32) * rng.uniform(0.85, 1.15)
+    image[mask] = colour * shade[mask][:, None]
+    return mask
+
+
+def scene(rng: np.random.Generator, cls: ObjectClass, size: int, distractors: int = 3):
+    """(image uint8 (size, size, 3), mask bool (size, size)) with one object of `cls`."""
+    image = _background(rng, size)
+    others = [c for c in all_classes() if c.shape != cls.shape and c.colour != cls.colour]
+    occupied = np.zeros((size, size), bool)
+    for i in rng.choice(len(others), distractors, replace=False):
+        occupied |= _paint(image, rng, others[i], size, rng.uniform(0.08, 0.16) * size)
+    mask = _paint(image, rng, cls, size, rng.uniform(0.12, 0.25) * size, avoid=occupied)
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def synthetic_pair(seed: int, size: int) -> dict:
+    """A reference and a target scene with the same object class."""
+    rng = np.random.default_rng(seed)
+    classes = all_classes()
+    cls = classes[rng.integers(len(classes))]
+    ref_image, ref_mask = scene(rng, cls, size)
+    tgt_image, tgt_mask = scene(rng, cls, size)
+    return dict(
+        reference_image=ref_image,
+        reference_mask=ref_mask,
+        target_image=tgt_image,
+        target_mask=tgt_mask,
+        class_name=cls.name,
+    )

@@ -1,0 +1,1 @@
+"""Inference jobs and APIs."""

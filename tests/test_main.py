@@ -1,0 +1,76 @@
+"""The README's main job: `python main.py --config configs/segic.py:demo --workdir ...`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segic_jax.conversion import dinov2 as dinov2_conversion
+from segic_jax import checkpoints
+from segic_jax.data.synthetic import synthetic_pair
+from segic_jax.inference import correspondence
+from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import segic as segic_configs  # noqa: E402
+
+
+def _main(*args):
+    return subprocess.run(
+        [sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_command_writes_its_outputs(tmp_path):
+    result = _main("--config", "configs/segic.py:demo", "--workdir", str(tmp_path), "--config.image_size=224")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random vits14 weights" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["image_size"] == 224 and 0 <= summary["peak_xy"][0] < 224
+    for name in ("reference.png", "target_truth.png", "target_propagated.png"):
+        assert Image.open(tmp_path / name).size == (224, 224)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temporary files left
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    result = _main("--config", "configs/segic.py:demo", "--workdir", str(tmp_path), "--config.imagesize=224")
+    assert result.returncode != 0 and "imagesize" in result.stderr
+    with pytest.raises(ValueError, match="unknown variant 'papr'"):
+        segic_configs.get_config("papr")
+
+
+def test_runs_on_converted_weights_and_checks_its_inputs(tmp_path):
+    hf_dir = str(tmp_path / "hf")
+    hf_dinov2().save_pretrained(hf_dir)
+    torch.save(hf_folder_to_hub_state_dict(hf_dir), str(tmp_path / "w.pth"))
+    config, params = dinov2_conversion.convert(str(tmp_path / "w.pth"), progress=False)
+    ckpt = checkpoints.save_model(str(tmp_path / "ckpt"), "dinov2", config, params)
+
+    cfg = segic_configs.get_config("demo")
+    cfg.image_size = 112
+    cfg.dinov2.checkpoint = ckpt
+    summary = correspondence.run(cfg, str(tmp_path / "out"))
+    assert summary["weights"] == f"converted weights from {ckpt}"
+
+    cfg.image_size = 100
+    with pytest.raises(ValueError, match="multiple of 14"):
+        correspondence.run(cfg, str(tmp_path / "out2"))
+    cfg.image_size = 112
+    cfg.dinov2.checkpoint = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="not a segic_jax checkpoint"):
+        correspondence.run(cfg, str(tmp_path / "out3"))
+    assert not os.path.exists(tmp_path / "out2") and not os.path.exists(tmp_path / "out3")
+
+
+def test_synthetic_pairs_share_a_class_and_are_seeded():
+    a, b = synthetic_pair(3, 112), synthetic_pair(3, 112)
+    assert np.array_equal(a["target_image"], b["target_image"])
+    assert a["reference_mask"].any() and a["target_mask"].any()
+    assert not np.array_equal(a["reference_mask"], a["target_mask"])
+    assert not np.array_equal(synthetic_pair(4, 112)["target_image"], a["target_image"])

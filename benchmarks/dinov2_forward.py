@@ -51,6 +51,22 @@ def _time(fn, iters: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def attention_check(cfg, size):
+    """Relative error of the bf16 attention kernel the model uses, against float32 on the same inputs."""
+    from segic_jax.ops.attention import attention_implementation
+
+    n, h, d = 1 + (size // cfg.patch_size) ** 2, cfg.num_heads, cfg.embed_dim // cfg.num_heads
+    q, k, v = jax.random.normal(jax.random.key(2), (3, 2, n, h, d), jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    impl = attention_implementation(jnp.bfloat16, d)
+    errs = {}
+    for name in sorted({impl, "xla"}):
+        out = jax.nn.dot_product_attention(*(t.astype(jnp.bfloat16) for t in (q, k, v)), implementation=name)
+        errs[name] = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
+    return impl, errs
+
+
 def bench_jax(cfg, size, batch, mode, iters):
     dtype = jnp.bfloat16 if mode == "bf16" else jnp.float32
     model = dinov2.Dinov2(cfg, dtype=dtype, rngs=nnx.Rngs(0))
@@ -120,6 +136,10 @@ def main():
     rows = []
     for size in args.sizes:
         flops = forward_flops(cfg, size)
+        if "bf16" in args.modes:
+            impl, errs = attention_check(cfg, size)
+            print(f"  bf16 attention uses {impl}; relative error vs float32: "
+                  + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
         for mode in args.modes:
             if mode == "tf32" and backend != "gpu":
                 continue

@@ -15,7 +15,6 @@ import sys
 
 from segic_jax import checkpoints
 from segic_jax.conversion import clip_text, dinov2
-from segic_jax.conversion.core import ConversionError
 
 
 def _parse(argv):
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
         out = checkpoints.save_model(
             args.out, args.model, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite
         )
-    except (ConversionError, FileExistsError, ValueError) as e:
+    except (ValueError, FileExistsError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     n = sum(v.size for v in params.values())

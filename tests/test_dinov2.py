@@ -114,14 +114,27 @@ def test_parity_check_catches_one_perturbed_weight(converted, param, rng):
 
 
 def test_hf_in_memory_naming_converts(tmp_path, rng):
-    # transformers >= 5 names attention and SwiGLU projections q/k/v/o_proj and gate/up/down_proj
-    # in memory; files on the Hub use query/key/value/dense and weights_in/weights_out. A state
-    # dict saved straight from memory must convert too.
+    # transformers >= 5 names the projections q/k/v/o_proj and gate/up/down_proj in memory, while
+    # files on the Hub say query/key/value/dense and weights_in/weights_out. A state dict saved
+    # straight from memory must convert too; it is written here by renaming the file's keys.
+    from safetensors.torch import load_file
+
     hf = hf_dinov2(swiglu=True, seed=3)
     hf.save_pretrained(str(tmp_path))
-    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
-    assert any("gate_proj" in k for k in state) and any("attention.q_proj" in k for k in state)
-    save_file(state, str(tmp_path / "model.safetensors"))
+    renamed = {}
+    for key, value in load_file(str(tmp_path / "model.safetensors")).items():
+        for old, new in (("attention.attention.query", "attention.q_proj"), ("attention.attention.key", "attention.k_proj"),
+                         ("attention.attention.value", "attention.v_proj"), ("attention.output.dense", "attention.o_proj"),
+                         ("mlp.weights_out", "mlp.down_proj")):
+            key = key.replace(old, new)
+        if "mlp.weights_in" in key:
+            gate, up = value.chunk(2)
+            renamed[key.replace("weights_in", "gate_proj")] = gate.contiguous()
+            renamed[key.replace("weights_in", "up_proj")] = up.contiguous()
+        else:
+            renamed[key] = value
+    assert any("attention.q_proj" in k for k in renamed) and any("gate_proj" in k for k in renamed)
+    save_file(renamed, str(tmp_path / "model.safetensors"))
     config, params = dinov2_conversion.convert(str(tmp_path), progress=False)
     model = checkpoints.build_model("dinov2", config, params)
     images = rng.standard_normal((1, 98, 42, 3)).astype(np.float32)

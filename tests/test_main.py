@@ -74,3 +74,23 @@ def test_synthetic_pairs_share_a_class_and_are_seeded():
     assert a["reference_mask"].any() and a["target_mask"].any()
     assert not np.array_equal(a["reference_mask"], a["target_mask"])
     assert not np.array_equal(synthetic_pair(4, 112)["target_image"], a["target_image"])
+
+
+def test_model_conversion_and_inference_do_not_import_tensorflow(tmp_path):
+    # A stand-in `tensorflow` package that leaves a mark when anything imports it, even a caller
+    # that would swallow the ImportError.
+    fake = tmp_path / "site" / "tensorflow"
+    fake.mkdir(parents=True)
+    mark = tmp_path / "imported"
+    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('fake tensorflow')\n")
+    code = (
+        "import segic_jax.models.dinov2, segic_jax.models.clip_text, segic_jax.convert, "
+        "segic_jax.inference.correspondence, segic_jax.checkpoints, orbax.checkpoint"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{ROOT}")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not mark.exists()
+    # the stand-in does work: importing it leaves the mark
+    subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, timeout=60)
+    assert mark.exists()

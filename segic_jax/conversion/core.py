@@ -151,7 +151,7 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
     # Training checkpoints often nest the weights one level down.
     for wrapper in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict) and not torch.is_tensor(obj.get(wrapper)):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state dict")

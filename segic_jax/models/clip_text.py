@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from segic_jax import checkpoints
 from segic_jax.ops.attention import multi_head_attention
 
 BOS_TOKEN = "<|startoftext|>"
@@ -209,6 +210,4 @@ def _bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
 
 def load(path: str, *, dtype=jnp.float32) -> ClipTextModel:
     """A CLIP text model from a checkpoint directory written by `python -m segic_jax.convert clip_text`."""
-    from segic_jax import checkpoints
-
     return checkpoints.load_model(path, "clip_text", dtype=dtype)

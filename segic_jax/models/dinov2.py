@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from segic_jax import checkpoints
 from segic_jax.ops.attention import multi_head_attention
 from segic_jax.ops.resize import resize, scaled_size
 
@@ -241,6 +242,4 @@ class Dinov2(nnx.Module):
 
 def load(path: str, *, dtype=jnp.float32) -> Dinov2:
     """A DINOv2 model from a checkpoint directory written by `python -m segic_jax.convert dinov2`."""
-    from segic_jax import checkpoints
-
     return checkpoints.load_model(path, "dinov2", dtype=dtype)

@@ -1,12 +1,38 @@
 """Multi-head attention on projected tokens, through `jax.nn.dot_product_attention`.
 
-Going through the library call lets XLA pick a fused kernel (cuDNN flash attention on GPUs for
-bf16/fp16 inputs) without the models knowing which backend they run on.
+On NVIDIA GPUs (compute capability 8.0 and up) bf16/fp16 attention goes to cuDNN's fused flash
+attention: JAX's default implementation materialises the (heads, N, N) score matrix, which at
+DINOv2-L/896 (4097 tokens) made the whole forward pass 3.4x slower than PyTorch's SDPA on an
+H200. float32, CPUs and TPUs use the XLA implementation.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
+
+
+@functools.cache
+def _gpu_supports_cudnn_attention() -> bool:
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return False
+    capability = getattr(device, "compute_capability", "0")
+    return float(capability) >= 8.0
+
+
+def attention_implementation(dtype, head_dim: int) -> str:
+    """'cudnn' where cuDNN's fused attention applies, else 'xla'."""
+    if (
+        jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        and head_dim % 8 == 0
+        and head_dim <= 128
+        and _gpu_supports_cudnn_attention()
+    ):
+        return "cudnn"
+    return "xla"
 
 
 def multi_head_attention(
@@ -17,5 +43,6 @@ def multi_head_attention(
     if c % num_heads:
         raise ValueError(f"width {c} is not divisible by {num_heads} heads")
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, t.shape[2] // num_heads)
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal)
+    impl = attention_implementation(q.dtype, c // num_heads)
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal, implementation=impl)
     return out.reshape(b, nq, v.shape[-1])

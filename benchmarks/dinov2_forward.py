@@ -15,13 +15,11 @@ and, on a known GPU, the fraction of its dense peak; the last column is JAX / to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from segic_jax.models import dinov2
@@ -110,9 +108,6 @@ def bench_torch(cfg, size, batch, mode, iters, device):
         return _time(run, iters)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
 
 
 def main():
@@ -154,7 +149,7 @@ def main():
             )
             rows.append(row)
             print(row, flush=True)
-    print(f"GFLOP per image: " + ", ".join(f"{s}px {forward_flops(cfg, s) / 1e9:.1f}" for s in args.sizes))
+    print("GFLOP per image: " + ", ".join(f"{s}px {forward_flops(cfg, s) / 1e9:.1f}" for s in args.sizes))
 
 
 if __name__ == "__main__":

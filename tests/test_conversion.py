@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,3 +145,65 @@ def test_loading_something_else_is_a_clear_error(tmp_path, hub_state):
 def test_clip_source_must_be_a_folder(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert convert.main(["clip_text", "--src", str(tmp_path / "model.safetensors"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_hf_folder_with_pytorch_model_bin_or_shards(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "hf"
+    hf_dinov2().save_pretrained(str(folder))
+    _, reference = dinov2_conversion.convert(str(folder), progress=False)
+    state = load_file(str(folder / "model.safetensors"))
+    os.remove(folder / "model.safetensors")
+
+    torch.save(state, str(folder / "pytorch_model.bin"))
+    _, from_bin = dinov2_conversion.convert(str(folder), progress=False)
+    os.remove(folder / "pytorch_model.bin")
+
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k].contiguous() for k in names}, str(folder / name))
+    index = {"weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    _, from_shards = dinov2_conversion.convert(str(folder), progress=False)
+    for params in (from_bin, from_shards):
+        assert params.keys() == reference.keys()
+        assert all(np.array_equal(params[k], reference[k]) for k in reference)
+
+
+def test_safetensors_conversion_does_not_need_torch(tmp_path):
+    # A stand-in `torch` that leaves a mark when imported: converting a safetensors folder and
+    # loading the result must never reach for PyTorch.
+    folder = tmp_path / "hf"
+    hf_dinov2().save_pretrained(str(folder))
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    mark = tmp_path / "torch_imported"
+    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('fake torch')\n")
+    code = (
+        "import sys; from segic_jax import convert; from segic_jax.models import dinov2; "
+        f"assert convert.main(['dinov2', '--src', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}]) == 0; "
+        f"dinov2.load({str(tmp_path / 'out')!r})"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{os.path.dirname(os.path.dirname(__file__))}")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not mark.exists()
+    # while a .pth does need it, and says so
+    src = _write(tmp_path, {"cls_token": torch.zeros(1, 1, 8)})
+    code = f"from segic_jax.conversion import dinov2 as d; d.convert({src!r}, progress=False)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "needs PyTorch" in result.stderr and mark.exists()
+
+
+def test_cli_converts_a_clip_folder(tmp_path, capsys):
+    from torch_reference import hf_clip_text
+
+    hf_clip_text(vocab=500, width=32, depth=1, heads=2, mlp=64, full_model=True).save_pretrained(str(tmp_path / "clip"))
+    assert convert.main(["clip_text", "--src", str(tmp_path / "clip"), "--out", str(tmp_path / "out")]) == 0
+    assert "wrote clip_text" in capsys.readouterr().out
+    from segic_jax.models import clip_text
+
+    model = clip_text.load(str(tmp_path / "out"))
+    assert (model.cfg.vocab_size, model.cfg.width, model.cfg.depth, model.cfg.eos_token_id) == (500, 32, 1, 499)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from segic_jax import checkpoints
+from segic_jax.models.config import ModelConfig
 from segic_jax.ops.attention import multi_head_attention
 
 BOS_TOKEN = "<|startoftext|>"
@@ -29,7 +30,9 @@ EOS_TOKEN = "<|endoftext|>"
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipTextConfig:
+class ClipTextConfig(ModelConfig):
+    NAME = "CLIP text"
+
     vocab_size: int = 49408
     width: int = 768
     depth: int = 12
@@ -38,17 +41,6 @@ class ClipTextConfig:
     context_length: int = 77
     eos_token_id: int = 49407
     layer_norm_eps: float = 1e-5
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ClipTextConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown CLIP text config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 # openai/clip-vit-large-patch14, the text encoder SEGIC uses.

@@ -12,19 +12,22 @@ cls token (B, C) and register tokens (B, R, C), all float32.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from segic_jax import checkpoints
+from segic_jax.models.config import ModelConfig
 from segic_jax.ops.attention import multi_head_attention
 from segic_jax.ops.resize import resize, scaled_size
 
 
 @dataclasses.dataclass(frozen=True)
-class Dinov2Config:
+class Dinov2Config(ModelConfig):
+    NAME = "DINOv2"
+
     embed_dim: int = 1024
     depth: int = 24
     num_heads: int = 16
@@ -43,17 +46,6 @@ class Dinov2Config:
         if self.ffn == "swiglu":  # two thirds of the MLP width, rounded up to a multiple of 8
             hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
         return hidden
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Dinov2Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown DINOv2 config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
 
 
 _SIZES = {

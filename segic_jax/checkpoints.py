@@ -29,11 +29,12 @@ FORMAT_VERSION = 1
 
 
 def _kinds() -> dict[str, tuple[type, Callable]]:
-    from segic_jax.models import clip_text, dinov2
+    from segic_jax.models import clip_text, dinov2, segic
 
     return {
         "dinov2": (dinov2.Dinov2Config, dinov2.Dinov2),
         "clip_text": (clip_text.ClipTextConfig, clip_text.ClipTextModel),
+        "segic_head": (segic.SegicConfig, segic.SegicHead),
     }
 
 
@@ -60,23 +61,34 @@ def flatten_params(tree: Any) -> dict[str, Any]:
     return {_path_str(path): leaf for path, leaf in leaves}
 
 
+def state_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Dotted path -> shape of every variable (parameters and fixed buffers) of a model."""
+    return {k: tuple(v.shape) for k, v in flatten_params(nnx.to_pure_dict(nnx.state(model))).items()}
+
+
 def param_shapes(kind: str, config) -> dict[str, tuple[int, ...]]:
-    """Dotted parameter path -> shape, for every parameter of a model of this kind and config."""
-    pure = nnx.to_pure_dict(nnx.state(abstract_model(kind, config), nnx.Param))
-    return {k: tuple(v.shape) for k, v in flatten_params(pure).items()}
+    """Dotted path -> shape, for every variable of a model of this kind and config."""
+    return state_shapes(abstract_model(kind, config))
 
 
 def _unflatten_like(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: flat[_path_str(p)], template)
 
 
+def with_params(model, params: Mapping[str, np.ndarray]):
+    """`model` (abstract or concrete) holding `params` (dotted path -> array, every variable)."""
+    graphdef, state = nnx.split(model)
+    template = nnx.to_pure_dict(state)
+    missing = sorted(set(flatten_params(template)) - set(params))
+    if missing:
+        raise ValueError(f"parameters missing for the model: {missing}")
+    nnx.replace_by_pure_dict(state, _unflatten_like(template, {k: jnp.asarray(v) for k, v in params.items()}))
+    return nnx.merge(graphdef, state)
+
+
 def build_model(kind: str, config, params: Mapping[str, np.ndarray], *, dtype=jnp.float32):
     """A model of this kind and config holding `params` (dotted path -> array)."""
-    model = abstract_model(kind, config, dtype)
-    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
-    template = nnx.to_pure_dict(state)
-    nnx.replace_by_pure_dict(state, _unflatten_like(template, {k: jnp.asarray(v) for k, v in params.items()}))
-    return nnx.merge(graphdef, state, rest)
+    return with_params(abstract_model(kind, config, dtype), params)
 
 
 def save_model(
@@ -109,7 +121,7 @@ def save_model(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
     try:
-        template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config), nnx.Param))
+        template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
@@ -159,11 +171,9 @@ def load_model(path: str, kind: str, *, dtype=jnp.float32):
     path = os.path.abspath(path)
     config = load_config(path, kind)
     model = abstract_model(kind, config, dtype)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
-    )
+    graphdef, state = nnx.split(model)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(os.path.join(path, PARAMS_DIR), target)
-    nnx.replace_by_pure_dict(params, restored)
-    return nnx.merge(graphdef, params, rest)
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)

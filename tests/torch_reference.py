@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import importlib.util
 import json
 import math
@@ -151,3 +152,92 @@ def write_clip_vocab(folder: str) -> str:
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     return folder
+
+
+def sam_modeling():
+    """`segment_anything.modeling` without the package's __init__ (which imports torchvision)."""
+    import sys
+    import types
+
+    if "segment_anything.modeling" not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        assert spec is not None, "tests need segment-anything (pip install --no-deps segment-anything)"
+        package = types.ModuleType("segment_anything")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules.setdefault("segment_anything", package)
+    return importlib.import_module("segment_anything.modeling")
+
+
+def sam_prompt_encoder(embedding_size: int, input_size: int, strides=(7, 2), seed=0):
+    """SAM's PromptEncoder with the dense branch re-strided as SEGIC's CustomPromptEncoder does."""
+    modeling = sam_modeling()
+    torch.manual_seed(seed)
+    pe = modeling.PromptEncoder(
+        embed_dim=256, image_embedding_size=(embedding_size, embedding_size),
+        input_image_size=(input_size, input_size), mask_in_chans=16,
+    )
+    s1, s2 = strides
+    pe.mask_downscaling = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, kernel_size=s1, stride=s1), modeling.common.LayerNorm2d(4), torch.nn.GELU(),
+        torch.nn.Conv2d(4, 16, kernel_size=s2, stride=s2), modeling.common.LayerNorm2d(16), torch.nn.GELU(),
+        torch.nn.Conv2d(16, 256, kernel_size=1),
+    )
+    return randomize_(pe, seed)
+
+
+def sam_mask_decoder(seed=0):
+    modeling = sam_modeling()
+    torch.manual_seed(seed)
+    decoder = modeling.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    return randomize_(decoder, seed)
+
+
+class TorchSegicHead(torch.nn.Module):
+    """SEGIC's trainable head with the reference's attribute names (its state_dict is the released
+    checkpoint's layout) and a transcription of its inference decode (SEGIC_SPEC.md 2.5), written
+    from the spec with SAM's own modules."""
+
+    def __init__(self, vision_dim=1024, text_dim=768, grid=64, image_size=896, strides=(7, 2), seed=0):
+        super().__init__()
+        modeling = sam_modeling()
+        torch.manual_seed(seed)
+        self.image_size = image_size
+        self.neck = torch.nn.Sequential(
+            torch.nn.Conv2d(vision_dim, 256, 1, bias=False), modeling.common.LayerNorm2d(256),
+            torch.nn.Conv2d(256, 256, 3, padding=1, bias=False), modeling.common.LayerNorm2d(256),
+        )
+        self.prompt_encoder = sam_prompt_encoder(grid, image_size, strides, seed)
+        self.mask_decoder = sam_mask_decoder(seed)
+        self.inst_type_embed = torch.nn.Embedding(2, 256)
+        self.prompt_proj = torch.nn.Linear(text_dim, 256)
+        self.inst_proj = torch.nn.Linear(vision_dim, 256)
+        randomize_(self, seed + 1)
+
+    @torch.no_grad()
+    def decode_one(self, target_feat, ref_feats, text):
+        """target_feat (C, h, w); ref_feats (k, C); text (Ct,) -> logits (k, S, S), sim (k, S, S), points (k, 2)."""
+        s, k = self.image_size, ref_feats.shape[0]
+        up = F.interpolate(target_feat[None], size=(s // 4, s // 4), mode="bilinear", align_corners=False)[0]
+        up = up / up.norm(dim=0, keepdim=True).clamp(min=1e-8)
+        vec = ref_feats / ref_feats.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        sim = torch.einsum("chw,kc->khw", up, vec)[:, None]
+        sim = F.interpolate(sim, size=(s, s), mode="bilinear", align_corners=False)
+        idx = sim.flatten(1).argmax(dim=1)
+        points = torch.stack([idx % s, idx // s], dim=-1).float()[:, None]  # (k, 1, 2) as (x, y)
+        inst = self.inst_proj(ref_feats)[:, None]  # (k, 1, 256)
+        cross = inst.flatten(0, 1)[None].expand(k, -1, -1)
+        types = torch.eye(k, dtype=torch.long)
+        cross = cross + self.inst_type_embed(types)
+        texts = torch.cat([self.prompt_proj(text)[None, None].expand(k, 1, -1), cross], dim=1)
+        sparse, dense = self.prompt_encoder(points=(points, torch.ones(k, 1)), boxes=None, masks=sim)
+        sparse = torch.cat([sparse, texts], dim=1)
+        low, _ = self.mask_decoder(
+            image_embeddings=self.neck(target_feat[None]), image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+        )
+        logits = F.interpolate(low, scale_factor=s / low.shape[-1], mode="bilinear", align_corners=False)
+        return logits[:, 0], sim[:, 0], points[:, 0]

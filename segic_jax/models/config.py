@@ -20,4 +20,6 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.NAME} config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        # JSON has no tuples: restore them where the field's default is one
+        tuples = {f.name for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in values.items()})

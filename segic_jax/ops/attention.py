@@ -36,13 +36,25 @@ def attention_implementation(dtype, head_dim: int) -> str:
 
 
 def multi_head_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int, is_causal: bool = False
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    num_heads: int,
+    is_causal: bool = False,
+    key_lengths: jax.Array | None = None,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v per head. q (B, Nq, C), k/v (B, Nk, C) -> (B, Nq, C)."""
+    """softmax(q k^T / sqrt(d)) v per head. q (B, Nq, C), k/v (B, Nk, C) -> (B, Nq, C).
+
+    `key_lengths` (B,) int: only the first key_lengths[b] keys of row b are attended to (the rest
+    is padding).
+    """
     b, nq, c = q.shape
     if c % num_heads:
         raise ValueError(f"width {c} is not divisible by {num_heads} heads")
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, t.shape[2] // num_heads)
     impl = attention_implementation(q.dtype, c // num_heads)
-    out = jax.nn.dot_product_attention(split(q), split(k), split(v), is_causal=is_causal, implementation=impl)
+    out = jax.nn.dot_product_attention(
+        split(q), split(k), split(v), is_causal=is_causal, implementation=impl,
+        key_value_seq_lengths=None if key_lengths is None else key_lengths.astype(jnp.int32),
+    )
     return out.reshape(b, nq, v.shape[-1])

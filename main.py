@@ -1,11 +1,17 @@
 """segic-jax entry point.
 
     python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
+    python main.py --mode predict --checkpoint ckpt/segic --workdir out/ \
+        --reference ref.jpg --reference_mask ref.png --target photos/
 
---mode correspondence (the only mode so far) encodes a built-in synthetic reference/target pair
-with DINOv2 and writes the propagated mask (cosine similarity to the reference mask's mean
-feature) and its peak, SEGIC's dense and point prompts. See configs/segic.py for the fields.
+--mode correspondence (default) encodes a built-in synthetic reference/target pair with DINOv2 and
+writes the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
+SEGIC's dense and point prompts. See configs/segic.py for the fields.
+--mode predict segments the target image (or every image of a folder) with a converted SEGIC
+checkpoint; see segic_jax/inference/predict.py for what it writes.
 """
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -13,13 +19,39 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configuration file, e.g. configs/segic.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for outputs")
-flags.DEFINE_enum("mode", "correspondence", ["correspondence"], "what to run")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_enum("mode", "correspondence", ["correspondence", "predict"], "what to run")
+flags.DEFINE_string("checkpoint", None, "predict: converted SEGIC directory (python -m segic_jax.convert segic)")
+flags.DEFINE_multi_string("reference", [], "predict: a reference image (repeat for several)")
+flags.DEFINE_multi_string("reference_mask", [], "predict: the mask of each --reference, in the same order")
+flags.DEFINE_multi_string("class_name", [], "predict: class of each --reference (same name = shots of one class)")
+flags.DEFINE_string("target", None, "predict: target image or folder of images")
+flags.DEFINE_bool("instance_prompt", False, "predict: use SEGIC's instance prompt instead of class names")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict: compute dtype of the encoders and head")
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.mode == "predict":
+        from segic_jax.inference import predict
+        from segic_jax.inference.predictor import Predictor
+
+        if not FLAGS.checkpoint or not FLAGS.target:
+            raise app.UsageError("--mode predict needs --checkpoint and --target")
+        try:
+            predictor = Predictor.from_checkpoint(FLAGS.checkpoint, dtype=FLAGS.dtype)
+            written = predict.run(
+                predictor, FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.workdir,
+                class_names=FLAGS.class_name, instance_prompt=FLAGS.instance_prompt,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        print(f"wrote {len(written)} files to {FLAGS.workdir}")
+        return
+    if FLAGS.config is None:
+        raise app.UsageError("--mode correspondence needs --config, e.g. configs/segic.py:demo")
     from segic_jax.inference import correspondence
 
     correspondence.run(FLAGS.config, FLAGS.workdir)

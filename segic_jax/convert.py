@@ -3,6 +3,8 @@
     python -m segic_jax.convert dinov2 --src dinov2_vitl14_pretrain.pth --out ckpt/dinov2_vitl14
     python -m segic_jax.convert dinov2 --src facebook-dinov2-large/ --out ckpt/dinov2_hf_l
     python -m segic_jax.convert clip_text --src clip-vit-large-patch14/ --out ckpt/clip_text
+    python -m segic_jax.convert segic --src segic_dinov2_l_80kx12e.pth \
+        --dinov2 dinov2_vitl14_pretrain.pth --clip clip-vit-large-patch14/ --out ckpt/segic
 
 Nothing is written unless the whole conversion succeeds; an existing --out is kept unless
 --overwrite is given.
@@ -14,7 +16,7 @@ import argparse
 import sys
 
 from segic_jax import checkpoints
-from segic_jax.conversion import clip_text, dinov2
+from segic_jax.conversion import clip_text, dinov2, segic
 
 
 def _parse(argv):
@@ -32,7 +34,11 @@ def _parse(argv):
         help="antialias the positional-embedding resampling (default: as the source implementation)",
     )
     c = sub.add_parser("clip_text", help="Hugging Face openai/clip-vit-* folder (text tower)")
-    for p in (d, c):
+    g = sub.add_parser("segic", help="released SEGIC .pth + its DINOv2 + CLIP text, into one directory")
+    g.add_argument("--dinov2", required=True, help="the DINOv2 it was trained with (hub .pth or HF folder)")
+    g.add_argument("--clip", required=True, help="Hugging Face openai/clip-vit-large-patch14 folder")
+    g.add_argument("--image-size", type=int, default=896, help="model input size (896 as released)")
+    for p in (d, c, g):
         p.add_argument("--src", required=True, help="checkpoint file or model folder")
         p.add_argument("--out", required=True, help="directory to write")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -50,6 +56,12 @@ def main(argv=None) -> int:
                 overrides["interpolate_antialias"] = args.interpolate_antialias == "true"
             config, params = dinov2.convert(args.src, overrides=overrides)
             extra = {}
+        elif args.model == "segic":
+            out = segic.convert_all(
+                args.src, args.dinov2, args.clip, args.out, image_size=args.image_size, overwrite=args.overwrite
+            )
+            print(f"wrote SEGIC (head, dinov2, clip_text) to {out}")
+            return 0
         else:
             config, params, extra = clip_text.convert(args.src)
         out = checkpoints.save_model(

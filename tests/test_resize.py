@@ -1,5 +1,6 @@
 """`segic_jax.ops.resize` against `torch.nn.functional.interpolate`."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -64,6 +65,13 @@ def test_downsampling_does_not_antialias_unless_asked():
     x[0, 1::3, 1::3] = 1.0
     np.testing.assert_array_equal(np.asarray(resize(x, size=(3, 3))), np.ones((1, 3, 3, 1)))
     assert np.asarray(resize(x, size=(3, 3), antialias=True)).max() < 0.5
+
+
+def test_numpy_inputs_are_resized_on_the_host(rng):
+    x = rng.standard_normal((1, 37, 23, 2)).astype(np.float32)
+    on_host = resize(x, scale_factor=(1.7, 0.6), method="bicubic")
+    assert isinstance(on_host, np.ndarray)
+    np.testing.assert_allclose(on_host, np.asarray(resize(jnp.asarray(x), scale_factor=(1.7, 0.6), method="bicubic")), atol=1e-5)
 
 
 def test_bad_arguments_are_named():

@@ -15,19 +15,24 @@ from segic_jax.ops.resize import resize
 SIMILARITY_EPS = 1e-8
 
 
-def masked_mean_features(features: jax.Array, masks: jax.Array) -> jax.Array:
-    """Mean feature under each mask.
+def masked_feature_sums(features: jax.Array, masks: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sum of features under each mask and the mask's area, at the feature grid.
 
-    features (B, h, w, C); masks (B, K, H, W) in [0, 1] at image resolution. Each mask is resized
-    bilinearly to (h, w) and thresholded at 0.5; the mean divides by max(area, 1), so an empty mask
-    gives a zero vector. Returns (B, K, C) float32.
+    features (B, h, w, C); masks (B, K, H, W) in [0, 1] at image resolution, resized bilinearly
+    to (h, w) and thresholded at 0.5. Returns sums (B, K, C) and areas (B, K), float32.
     """
     b, h, w, _ = features.shape
     small = resize(masks.astype(jnp.float32), size=(h, w), method="bilinear", axes=(-2, -1)) > 0.5
     small = small.astype(jnp.float32)
     total = jnp.einsum("bkhw,bhwc->bkc", small, features.astype(jnp.float32), precision="highest")
-    area = jnp.maximum(small.sum(axis=(-2, -1)), 1.0)
-    return total / area[..., None]
+    return total, small.sum(axis=(-2, -1))
+
+
+def masked_mean_features(features: jax.Array, masks: jax.Array) -> jax.Array:
+    """Mean feature under each mask (see `masked_feature_sums`), dividing by max(area, 1) so an
+    empty mask gives a zero vector. (B, h, w, C), (B, K, H, W) -> (B, K, C) float32."""
+    total, area = masked_feature_sums(features, masks)
+    return total / jnp.maximum(area, 1.0)[..., None]
 
 
 def _l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:

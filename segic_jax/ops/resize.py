@@ -131,7 +131,7 @@ def resize(
 
     Channels-last by default: `x` is (..., H, W, C) and axes (-3, -2) are H and W. Give exactly one
     of `size` (one length per axis) or `scale_factor` (a number or one per axis). The result has
-    the dtype of `x`; the arithmetic is float32 or wider.
+    the dtype of `x`; the arithmetic is float32 or wider. A NumPy input is resized with NumPy.
     """
     if (size is None) == (scale_factor is None):
         raise ValueError("give exactly one of size or scale_factor")
@@ -148,17 +148,20 @@ def resize(
         if len(sizes) != len(axes):
             raise ValueError(f"size {size} does not match axes {axes}")
 
+    # NumPy arrays are resized on the host (no compilation per image size), others on device.
+    on_host = isinstance(x, np.ndarray)
+    xp = np if on_host else jnp
     out_dtype = x.dtype
-    compute = jnp.promote_types(out_dtype, jnp.float32)
+    compute = np.promote_types(out_dtype, np.float32)
     y = x.astype(compute)
     for axis, out_len, factor in zip(axes, sizes, factors):
         in_len = x.shape[axis]
         if out_len == in_len and factor in (None, 1.0):
             continue  # PyTorch's index arithmetic gives the identity here too
-        m = jnp.asarray(interpolation_matrix(in_len, out_len, method, factor, antialias), compute)
-        y = jnp.moveaxis(
-            jnp.tensordot(m, jnp.moveaxis(y, axis, 0), axes=1, precision=jax.lax.Precision.HIGHEST),
-            0,
-            axis,
-        )
+        m = interpolation_matrix(in_len, out_len, method, factor, antialias).astype(compute)
+        moved = xp.moveaxis(y, axis, 0)
+        if on_host:
+            y = np.moveaxis(np.tensordot(m, moved, axes=1), 0, axis)
+        else:
+            y = jnp.moveaxis(jnp.tensordot(jnp.asarray(m), moved, axes=1, precision=jax.lax.Precision.HIGHEST), 0, axis)
     return y.astype(out_dtype)

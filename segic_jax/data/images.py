@@ -1,0 +1,89 @@
+"""Reading user images and masks, and the reference's evaluation resize (SEGIC_SPEC.md 5.1).
+
+Images of any mode become 8-bit RGB (grayscale, palette, RGBA, 16-bit); masks become boolean,
+checked against their image. Every error names the file at fault.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from segic_jax.ops.resize import resize
+
+
+def _open(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read {path} as an image ({e}); is the file complete?") from None
+    return img
+
+
+def _to_8bit(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+        return np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8)
+    return (array.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit
+
+
+def load_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any image file (grayscale, palette, RGBA and 16-bit converted)."""
+    img = _open(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_8bit(np.asarray(img))
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA").convert("RGB")  # drop transparency, keep the colours
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: str = "the image") -> np.ndarray:
+    """(H, W) bool foreground from a mask file: palette masks by index != 0, others by value > 127
+    (any channel for colour masks). Refuses a mask whose size differs from its image or that is empty."""
+    img = _open(path)
+    if img.mode == "P":
+        fg = np.asarray(img) != 0
+    elif img.mode == "1":
+        fg = np.asarray(img).astype(bool)
+    else:
+        array = np.asarray(img)
+        array = _to_8bit(array) if array.dtype != np.uint8 else array
+        if array.ndim == 3:
+            array = array[..., :3].max(axis=-1)
+        fg = array > 127
+    if image_hw is not None and fg.shape != tuple(image_hw):
+        raise ValueError(
+            f"mask {path} is {fg.shape[1]}x{fg.shape[0]} (WxH) but {image_path} is "
+            f"{image_hw[1]}x{image_hw[0]}; a mask must have its image's size"
+        )
+    if not fg.any():
+        raise ValueError(f"mask {path} is empty: it marks no pixel (foreground is > 127, or palette index != 0)")
+    return fg
+
+
+def fit_to_model(array: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The reference's evaluation transform: scale the longer side to `size` (bilinear, scale-factor
+    semantics, no antialiasing), then pad bottom/right with zeros to (size, size).
+
+    array (H, W) or (H, W, C) -> float32 (size, size[, C]) and the valid (h, w) extent.
+    """
+    x = np.asarray(array, np.float32)
+    squeeze = x.ndim == 2
+    if squeeze:
+        x = x[..., None]
+    h, w = x.shape[:2]
+    scale = size / max(h, w)
+    x = resize(x, scale_factor=(scale, scale), method="bilinear", axes=(0, 1))
+    valid = x.shape[:2]
+    out = np.zeros((size, size, x.shape[2]), np.float32)
+    out[: valid[0], : valid[1]] = x
+    return (out[..., 0] if squeeze else out), (int(valid[0]), int(valid[1]))

@@ -1,0 +1,255 @@
+"""Converted-checkpoint inference end to end: a tiny random SEGIC written in the released formats
+(hub DINOv2 .pth, HF CLIP folder, SEGIC head .pth), converted with the CLI, against a torch
+transcription of the reference pipeline; the predict command and its input checks."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from segic_jax import convert
+from segic_jax.inference.predictor import Predictor
+from torch_reference import (
+    TorchSegicHead,
+    hf_clip_text,
+    hf_dinov2,
+    hf_folder_to_hub_state_dict,
+    hub_interpolation,
+    write_clip_vocab,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 112  # model input; DINOv2 grid 8, mask strides 7 x 2
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_segic")
+    dino = hf_dinov2(seed=5)
+    dino.save_pretrained(str(root / "dino_hf"))
+    torch.save(hf_folder_to_hub_state_dict(str(root / "dino_hf")), str(root / "dinov2_vits14_pretrain.pth"))
+    clip = hf_clip_text(vocab=49408, width=32, depth=1, heads=2, mlp=64, seed=6)
+    clip.save_pretrained(str(root / "clip"))
+    write_clip_vocab(str(root / "clip"))
+    head = TorchSegicHead(vision_dim=128, text_dim=32, grid=8, image_size=SIZE, seed=7)
+    torch.save(head.state_dict(), str(root / "segic.pth"))
+    out = str(root / "converted")
+    assert convert.main([
+        "segic", "--src", str(root / "segic.pth"), "--dinov2", str(root / "dinov2_vits14_pretrain.pth"),
+        "--clip", str(root / "clip"), "--out", out, "--image-size", str(SIZE),
+    ]) == 0
+    from transformers import CLIPTokenizerFast
+
+    return dict(
+        path=out, dino=hub_interpolation(dino, 0.1, False), clip=clip, head=head,
+        tokenizer=CLIPTokenizerFast.from_pretrained(str(root / "clip")), root=root,
+    )
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny):
+    return Predictor.from_checkpoint(tiny["path"])
+
+
+def _torch_fit(x):
+    """Evaluation resize of an (C, H, W) float tensor: longer side to SIZE by scale factor, pad."""
+    h, w = x.shape[-2:]
+    s = SIZE / max(h, w)
+    y = F.interpolate(x[None], scale_factor=(s, s), mode="bilinear", align_corners=False)[0]
+    out = torch.zeros(x.shape[0], SIZE, SIZE)
+    out[:, : y.shape[1], : y.shape[2]] = y
+    return out, y.shape[1:]
+
+
+@torch.no_grad()
+def _torch_features(tiny, image):
+    x, (h, w) = _torch_fit(torch.from_numpy(image).permute(2, 0, 1).float())
+    x = (x / 255 - torch.tensor(MEAN, dtype=torch.float32)[:, None, None]) / torch.tensor(STD, dtype=torch.float32)[:, None, None]
+    x[:, h:, :] = 0
+    x[:, :, w:] = 0
+    tokens = tiny["dino"](pixel_values=x[None]).last_hidden_state[0, 1:]
+    return tokens.T.reshape(-1, SIZE // 14, SIZE // 14), (h, w)
+
+
+@torch.no_grad()
+def _torch_pipeline(tiny, ref_image, ref_mask, target, prompt, binarize=True):
+    """The reference's one-shot inference, step by step (SEGIC_SPEC.md 2.5 and 5.1)."""
+    ref_feat, _ = _torch_features(tiny, ref_image)
+    tgt_feat, (h, w) = _torch_features(tiny, target)
+    label, _ = _torch_fit(torch.from_numpy(ref_mask.astype(np.float32) * 255)[None])
+    label = (label / 255 > 0.5).float() if binarize else label / 255
+    small = (F.interpolate(label[None], size=ref_feat.shape[-2:], mode="bilinear", align_corners=False)[0, 0] > 0.5).float()
+    inst = torch.einsum("chw,hw->c", ref_feat, small) / small.sum().clamp(min=1)
+    ids = tiny["tokenizer"]([prompt], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    text = tiny["clip"](input_ids=ids["input_ids"]).pooler_output[0]
+    logits, sim, _ = tiny["head"].decode_one(tgt_feat, inst[None], text)
+    logits = F.interpolate(logits[None, :, :h, :w], size=target.shape[:2], mode="bilinear", align_corners=False)[0]
+    return logits.numpy()
+
+
+def _scene(rng, h, w):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : 3 * h // 4, w // 5 : w // 2] = True
+    return image, mask
+
+
+@pytest.mark.parametrize("prompt_kind,binarize", [("none", True), ("class", True), ("instance", True), ("none", False)])
+def test_one_shot_matches_the_reference_pipeline(tiny, predictor, rng, prompt_kind, binarize):
+    ref_image, ref_mask = _scene(rng, 120, 90)
+    target, _ = _scene(rng, 100, 130)
+    names = ["dog"] if prompt_kind == "class" else None
+    context = predictor.encode_context(
+        [ref_image], [ref_mask], class_names=names, instance_prompt=prompt_kind == "instance", binarize=binarize
+    )
+    prompt = {"none": "", "class": "a photo of a dog", "instance": "please segment the instances"}[prompt_kind]
+    assert context.prompts == (prompt,)
+    (pred,) = predictor.segment([target], context)
+    expected = _torch_pipeline(tiny, ref_image, ref_mask, target, prompt, binarize)
+    assert pred.logits.shape == expected.shape == (1, 100, 130)
+    np.testing.assert_allclose(pred.logits, expected, rtol=0, atol=1e-3)
+    decided = np.abs(expected) > 1e-3
+    assert decided.mean() > 0.99 and np.array_equal(pred.masks[decided], (expected > 0)[decided])
+
+
+def test_batches_of_targets_and_instances_are_consistent_and_deterministic(predictor, rng):
+    ref_image, _ = _scene(rng, 90, 90)
+    masks = np.zeros((3, 90, 90), bool)
+    masks[0, :30, :30] = masks[1, 40:80, 10:50] = masks[2, 60:, 60:] = True
+    context = predictor.encode_context([ref_image], [masks])
+    targets = [_scene(rng, h, w)[0] for h, w in [(64, 80), (120, 40), (90, 90)]]
+    preds = predictor.segment(targets, context)  # 3 targets in batches of 2: one padded batch
+    again = predictor.segment(targets, context)
+    for pred, target, other in zip(preds, targets, again):
+        assert pred.logits.shape == pred.masks.shape == pred.similarity.shape == (3,) + target.shape[:2]
+        assert pred.points.shape == (3, 2)
+        np.testing.assert_array_equal(pred.logits, other.logits)
+    alone = predictor.segment(targets[2:], context)[0]  # batch position and padding change nothing
+    np.testing.assert_allclose(alone.logits, preds[2].logits, atol=1e-5)
+
+
+def test_k_shot_concepts_pool_features_over_all_shots(predictor, rng):
+    # 112 px images need no resize, and masks aligned to the 14-px cells cover known cell counts
+    # at the 8x8 feature grid: 6 cells in a, 4 in b.
+    a, b = (rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(2))
+    ma, mb = np.zeros((112, 112), bool), np.zeros((112, 112), bool)
+    ma[14:42, 28:70] = True
+    mb[56:84, 0:28] = True
+    both = predictor.encode_context([a, b], [ma, mb])
+    one_a = predictor.encode_context([a], [ma])
+    one_b = predictor.encode_context([b], [mb])
+    expected = (6 * one_a.features + 4 * one_b.features) / 10
+    np.testing.assert_allclose(np.asarray(both.features), np.asarray(expected), atol=1e-5)
+    # a concept absent from one shot (empty mask there) takes its feature from the others
+    absent = predictor.encode_context([a, b], [ma, np.zeros_like(mb)])
+    np.testing.assert_allclose(np.asarray(absent.features), np.asarray(one_a.features), atol=1e-6)
+
+
+def test_semantic_mode_one_reference_per_class(tmp_path, rng):
+    from segic_jax.inference.predict import build_context_inputs
+
+    paths = []
+    for i in range(3):
+        image, mask = _scene(rng, 40 + i, 50)
+        paths.append((_save(tmp_path / f"r{i}.png", image), _save(tmp_path / f"m{i}.png", mask.astype(np.uint8) * 255)))
+    images, stacks, names = build_context_inputs([p for p, _ in paths], [m for _, m in paths], ["cat", "dog", "cat"])
+    assert names == ["cat", "dog"]  # the two cat references are shots of one concept
+    assert [s.shape[0] for s in stacks] == [2, 2, 2]
+    assert stacks[0][0].any() and not stacks[0][1].any() and stacks[1][1].any() and stacks[2][0].any()
+    _, stacks, names = build_context_inputs([p for p, _ in paths], [m for _, m in paths], [])
+    assert names is None and [s.shape[0] for s in stacks] == [3, 3, 3]  # no names: one concept each
+
+
+def test_class_prompts_per_concept(predictor, rng):
+    image, mask = _scene(rng, 60, 60)
+    context = predictor.encode_context([image, image], [np.stack([mask, ~mask]), np.stack([mask, ~mask])], class_names=["cat", ""])
+    assert context.prompts == ("a photo of a cat", "")
+    assert not np.allclose(np.asarray(context.text[0]), np.asarray(context.text[1]))
+
+
+def test_context_errors_are_clear(predictor, rng):
+    image, mask = _scene(rng, 50, 60)
+    with pytest.raises(ValueError, match="empty in every reference"):
+        predictor.encode_context([image], [np.zeros_like(mask)])
+    with pytest.raises(ValueError, match="masks are"):
+        predictor.encode_context([image], [mask[:40]])
+    with pytest.raises(ValueError, match="one mask array per reference"):
+        predictor.encode_context([image, image], [mask])
+    with pytest.raises(FileNotFoundError, match="no head/"):
+        Predictor.from_checkpoint("/nonexistent")
+
+
+def _save(path, array):
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "main.py", "--mode", "predict", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_predict_command_writes_masks_overlays_and_heatmaps(tiny, rng, tmp_path):
+    ref, mask = _scene(rng, 80, 60)
+    ref_path = _save(tmp_path / "ref.png", ref)
+    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    _save(targets / "a.jpg", _scene(rng, 70, 90)[0])
+    Image.fromarray(_scene(rng, 50, 50)[0]).convert("L").save(targets / "gray.png")  # grayscale target
+    Image.fromarray(_scene(rng, 40, 64)[0]).convert("RGBA").save(targets / "rgba.png")
+    out = tmp_path / "out"
+    result = _run_cli("--checkpoint", tiny["path"], "--workdir", str(out), "--reference", ref_path,
+                      "--reference_mask", mask_path, "--target", str(targets))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stem, (h, w) in [("a", (70, 90)), ("gray", (50, 50)), ("rgba", (40, 64))]:
+        mask_png = Image.open(out / f"{stem}_mask0.png")
+        assert mask_png.size == (w, h) and set(np.unique(np.asarray(mask_png))) <= {0, 255}
+        assert Image.open(out / f"{stem}_overlay.png").size == (w, h)
+        assert Image.open(out / f"{stem}_propagated0.png").mode == "RGB"
+
+
+def test_predict_refuses_bad_inputs_and_writes_nothing(tiny, rng, tmp_path):
+    ref, mask = _scene(rng, 80, 60)
+    ref_path = _save(tmp_path / "ref.png", ref)
+    good_mask = _save(tmp_path / "mask.png", mask.astype(np.uint8) * 255)
+    small_mask = _save(tmp_path / "small.png", mask[:40].astype(np.uint8) * 255)
+    empty_mask = _save(tmp_path / "empty.png", np.zeros((80, 60), np.uint8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    cases = [
+        (["--reference", str(tmp_path / "missing.png"), "--reference_mask", good_mask, "--target", ref_path], "image file not found"),
+        (["--reference", str(corrupt), "--reference_mask", good_mask, "--target", ref_path], "cannot read .*corrupt.jpg"),
+        (["--reference", ref_path, "--reference_mask", small_mask, "--target", ref_path], "small.png is 60x40"),
+        (["--reference", ref_path, "--reference_mask", empty_mask, "--target", ref_path], "empty.png is empty"),
+        (["--reference", ref_path, "--reference_mask", good_mask, "--target", str(corrupt)], "cannot read .*corrupt.jpg"),
+        (["--reference", ref_path, "--target", ref_path], "one mask per reference"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        result = _run_cli("--checkpoint", tiny["path"], "--workdir", str(out), *args)
+        assert result.returncode == 1 and re.search(message, result.stderr), (message, result.stderr[-2000:])
+        assert not out.exists()
+
+
+def test_images_of_any_mode_are_read_as_rgb(tmp_path, rng):
+    from segic_jax.data.images import load_image, load_mask
+
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image(str(tmp_path / "a.png")), rgb)
+    gray16 = (rng.integers(0, 65536, (20, 30))).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    loaded = load_image(str(tmp_path / "g16.png"))
+    assert loaded.shape == (20, 30, 3) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded[..., 0], np.round(gray16 / 257).astype(np.uint8))
+    palette = Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(load_mask(str(tmp_path / "p.png")), [[False, True], [True, False]])

@@ -18,6 +18,7 @@ for the same concepts are k-shot.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import NamedTuple, Sequence
 
@@ -82,6 +83,11 @@ class Predictor:
         concept_bucket: int = 4,
     ):
         self.head, self.encoder, self.text_model, self.tokenizer = head, encoder, text_model, tokenizer
+        # Split once: calling an nnx.jit function walks the module graph on every call, which
+        # cost more than DINOv2-L's forward pass itself; a (graphdef, state) pair does not.
+        self._head = nnx.split(head)
+        self._encoder = nnx.split(encoder)
+        self._text_model = nnx.split(text_model)
         self.image_size = head.cfg.image_size
         self.batch_size = batch_size
         self.concept_bucket = concept_bucket
@@ -124,13 +130,13 @@ class Predictor:
             if n < self.batch_size:  # pad the last batch so it reuses the compiled program
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
                 hw = np.concatenate([hw, np.repeat(hw[-1:], self.batch_size - n, 0)])
-            out.append(_encode(self.encoder, jnp.asarray(chunk), jnp.asarray(hw))[:n])
+            out.append(_encode(*self._encoder, jnp.asarray(chunk), jnp.asarray(hw))[:n])
         return jnp.concatenate(out)
 
     def _text(self, prompts: Sequence[str]) -> np.ndarray:
         missing = sorted({p for p in prompts if p not in self._text_cache})
         if missing:
-            pooled = _encode_text(self.text_model, jnp.asarray(self.tokenizer(missing)))
+            pooled = _encode_text(*self._text_model, jnp.asarray(self.tokenizer(missing)))
             self._text_cache.update(zip(missing, np.asarray(pooled)))
         return np.stack([self._text_cache[p] for p in prompts])
 
@@ -200,7 +206,7 @@ class Predictor:
                 feats = jnp.concatenate([feats, jnp.repeat(feats[-1:], self.batch_size - n, 0)])
             b = feats.shape[0]
             out = _decode(
-                self.head,
+                *self._head,
                 feats,
                 jnp.broadcast_to(feats_ctx, (b, kp, feats_ctx.shape[1])),
                 jnp.broadcast_to(valid, (b, kp)),
@@ -220,20 +226,21 @@ class Predictor:
         return Prediction(logits=logits, masks=logits > 0, similarity=sim, points=(points + 0.5) * scale - 0.5)
 
 
-@nnx.jit
-def _encode(encoder: dinov2.Dinov2, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef, state, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:
+    encoder = nnx.merge(graphdef, state)
     return encoder(normalize_images(pixels, valid_hw)).patch_tokens.astype(jnp.float32)
 
 
-@nnx.jit
-def _encode_text(text_model: clip_text.ClipTextModel, ids: jax.Array) -> jax.Array:
-    return text_model(ids).pooled
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_text(graphdef, state, ids: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(ids).pooled
 
 
 _feature_sums = jax.jit(masked_feature_sums)
 
 
-@nnx.jit
-def _decode(head: SegicHead, feats, ref_feats, valid, text):
-    out = head.decode(feats, ref_feats, valid, text)
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef, state, feats, ref_feats, valid, text):
+    out = nnx.merge(graphdef, state).decode(feats, ref_feats, valid, text)
     return out.logits, out.similarity, out.points

@@ -1,0 +1,248 @@
+"""Converted-checkpoint SEGIC inference: episodes/s of this port against the original PyTorch
+implementation, measured in the same run on random weights of the released architecture.
+
+    python benchmarks/segic_inference.py --original ~/src/SEGIC --dinov2-repo ~/src/dinov2 \
+        --arch vits14 --image-size 448                                  # CPU, small backbone
+    python benchmarks/segic_inference.py --original ~/src/SEGIC --dinov2-repo ~/src/dinov2 \
+        --arch vitl14 --image-size 896 --dtypes float32 bfloat16        # GPU, as released
+
+--original is a checkout of MengLcool/SEGIC and --dinov2-repo one of facebookresearch/dinov2 (the
+original loads DINOv2 with torch.hub; here from that checkout, pretrained=False). Neither is part
+of this project. The original's imports of packages its inference path never uses (detectron2,
+torchvision, cv2, diffusers, ...) are satisfied with empty stand-ins.
+
+The original model gets random weights; its head, its DINOv2 and its CLIP text tower are saved in
+the released formats and converted with `python -m segic_jax.convert segic`. An episode is one
+reference image with its mask and one target image (640x480) -> the target's mask at its
+resolution, including the evaluation resize. "uncached" encodes the reference in every episode
+(the original's one-shot forward); "cached" encodes it once (the original's custom-evaluation
+path, forward_cls_extraction then semseg forward). The original runs in float32, as released.
+Also prints the largest logit difference between the two, as a check that both computed the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_reference: CLIP vocabulary and weight noise
+
+ARCH_DIMS = {"vits14": 384, "vitb14": 768, "vitl14": 1024, "vitg14": 1536}
+
+
+def load_original(path: str):
+    """Import the original's model code from a checkout, with stand-ins for unused imports."""
+    import transformers  # noqa: F401  (must see the real torchvision state before the stand-ins)
+    import transformers.models.vit_mae.modeling_vit_mae as mae
+
+    class Unused:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("not used on SEGIC's DINOv2 inference path")
+
+    def stub(name, **attrs):
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        module.__path__ = []
+        sys.modules.setdefault(name, module)
+
+    for name in ("ViTMAEEmbeddings", "ViTMAEEncoder", "ViTMAEPatchEmbeddings", "ViTMAEModel"):
+        setattr(mae, name, getattr(mae, name, Unused))  # renamed in transformers 5
+    if "torchvision" not in sys.modules:
+        stub("torchvision.ops.boxes", box_area=None)
+        stub("torchvision.ops")
+        stub("torchvision.transforms.functional", normalize=None)
+        stub("torchvision.transforms", PILToTensor=Unused)
+        stub("torchvision.utils")
+        stub("torchvision", transforms=sys.modules["torchvision.transforms"], utils=sys.modules["torchvision.utils"])
+    for name, attrs in {
+        "detectron2": {}, "detectron2.layers": dict(ROIAlign=Unused), "detectron2.modeling": {},
+        "detectron2.modeling.poolers": dict(ROIPooler=Unused), "detectron2.structures": dict(Boxes=Unused),
+        "cv2": {}, "skimage": dict(io=None), "model.backbone.src_dift": {}, "model.backbone.src_dift.models": {},
+        "model.backbone.src_dift.models.dift_sd": dict(SDFeaturizer=Unused),
+        "model.backbone.custom_clip": dict(CustomCLIPVisionModel=Unused, CLIPModel=Unused, CLIPModelConv=Unused,
+                                           DeCLIPModel=Unused, PyramidCLIPModel=Unused),
+        "model.backbone.custom_deit": dict(CustomDeiT=Unused),
+    }.items():
+        stub(name, **attrs)
+    sys.path.insert(0, path)
+    import model.backbone as backbone
+    import model.segic as segic
+    from model.backbone.custom_dino import CustomDINOv2
+    from utils.dataloader import Resize
+
+    return backbone, segic, CustomDINOv2, Resize
+
+
+def build_original(args, workdir, device):
+    """The original SEGIC with random weights, and its parts saved in the released formats."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizerFast
+
+    from torch_reference import randomize_, write_clip_vocab
+
+    backbone, segic, CustomDINOv2, Resize = load_original(args.original)
+    dim = ARCH_DIMS[args.arch]
+    size, grid = args.image_size, args.image_size // 14
+    backbone.MODEL_CONFIG["dinov2_l"].update(vision_dim=dim, text_dim=768, img_size=size)
+    options = dict(
+        encoder_model="dinov2", dinov2_model="l", reverse_context=False, use_cross_inst_prompt=True,
+        no_sim_prompt=False, no_text=False, use_inst_proj=True, diff_text_prompt_ratio=0.75, use_keypoint=False,
+        num_keypoint=1, add_neg_prompt=False, use_aug_inst=False, use_neg_aug_inst=False, que_len=128,
+        max_inst_used=10, use_task_indicator=False, inst_for_simm=0, tau_simm=1.0, n_point=1, no_text_eval=False,
+        force_input_size=None,
+    )
+    encoder = CustomDINOv2.__new__(CustomDINOv2)
+    torch.nn.Module.__init__(encoder)
+    encoder.dinov2 = torch.hub.load(args.dinov2_repo, f"dinov2_{args.arch}", source="local", pretrained=False)
+    clip_dir = write_clip_vocab(os.path.join(workdir, "clip"))
+    encoder.text_model = CLIPTextModel(CLIPTextConfig(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, vocab_size=49408, eos_token_id=49407, bos_token_id=49406, pad_token_id=49407,
+    ))
+    encoder.tokenizer = CLIPTokenizerFast.from_pretrained(clip_dir)
+    encoder.tokenizer.model_max_length = 77
+    prompt_encoder = backbone.CustomPromptEncoder(
+        embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16,
+        mask_down_stride=[7, 2],
+    )
+    neck = torch.nn.Sequential(
+        torch.nn.Conv2d(dim, 256, 1, bias=False), backbone.LayerNorm2d(256),
+        torch.nn.Conv2d(256, 256, 3, padding=1, bias=False), backbone.LayerNorm2d(256),
+    )
+    decoder = segic.MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=segic.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    model = segic.SEGIC(encoder, neck, prompt_encoder, decoder, types.SimpleNamespace(**options))
+    for p in encoder.parameters():
+        p.requires_grad = False
+    randomize_(model, 0, scale=0.02)
+    torch.save(model.state_dict(), os.path.join(workdir, "segic.pth"))
+    torch.save(encoder.dinov2.state_dict(), os.path.join(workdir, "dinov2.pth"))
+    encoder.text_model.save_pretrained(clip_dir)
+    model.to(device)
+    model.eval()  # the original's train() override returns None, so no chaining
+    return model, Resize([size, size])
+
+
+def scene(seed, h=480, w=640):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((yy - h * 0.5) / (h * 0.3)) ** 2 + ((xx - w * 0.4) / (w * 0.25)) ** 2 < 1
+    return image, mask
+
+
+def median_time(fn, episodes):
+    fn()  # warm-up / compile
+    times = []
+    for _ in range(episodes):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--original", required=True, help="checkout of MengLcool/SEGIC")
+    parser.add_argument("--dinov2-repo", required=True, help="checkout of facebookresearch/dinov2")
+    parser.add_argument("--arch", default="vits14", choices=sorted(ARCH_DIMS))
+    parser.add_argument("--image-size", type=int, default=448)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--episodes", type=int, default=5)
+    args = parser.parse_args()
+
+    import jax
+    import torch
+    import torch.nn.functional as F
+
+    from segic_jax import convert
+    from segic_jax.inference.predictor import Predictor
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # the original calls .cuda() unconditionally
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.cuda.empty_cache = lambda: None
+    workdir = tempfile.mkdtemp(prefix="segic_bench_")
+    original, resize = build_original(args, workdir, device)
+    out = os.path.join(workdir, "converted")
+    assert convert.main([
+        "segic", "--src", os.path.join(workdir, "segic.pth"), "--dinov2", os.path.join(workdir, "dinov2.pth"),
+        "--clip", os.path.join(workdir, "clip"), "--out", out, "--image-size", str(args.image_size),
+    ]) == 0
+
+    ref_image, ref_mask = scene(1)
+    target, _ = scene(2)
+
+    def original_sample(image, mask):
+        t = torch.from_numpy(image).permute(2, 0, 1).float()
+        m = torch.from_numpy(mask.astype(np.float32) * 255)[None]
+        s = resize(dict(imidx="x", image=t, label=m, shape=t.shape[-2:]))
+        return {k: (v[None] if torch.is_tensor(v) else v) for k, v in s.items()}
+
+    @torch.no_grad()
+    def original_uncached():
+        t, r = original_sample(target, ref_mask), original_sample(ref_image, ref_mask)
+        data = dict(
+            image=t["image"].to(device), ori_size=t["ori_size"], label=[r["label"][0].to(device)],
+            image_dual=r["image"].to(device), ori_size_dual=r["ori_size"], label_dual=[r["label"][0].to(device)],
+            class_name=["object"], is_inst=torch.tensor([False]),
+        )
+        logits, *_ = original(data, inference=True)
+        result = F.interpolate(logits, target.shape[:2], mode="bilinear")[:, 0].float().cpu().numpy()
+        return result
+
+    meta_holder = {}
+
+    @torch.no_grad()
+    def original_cached():
+        if "meta" not in meta_holder:
+            r = original_sample(ref_image, ref_mask)
+            r["image"], r["label"], r["class_name"] = r["image"].to(device), [r["label"][0].to(device)], [""]
+            meta_holder["meta"] = original.forward_cls_extraction(r, 16)
+        t = original_sample(target, np.zeros(target.shape[:2], bool))
+        t["image"] = t["image"].to(device)
+        logits, *_ = original(t, inference=True, semseg_meta=meta_holder["meta"])
+        return F.interpolate(logits, target.shape[:2], mode="bilinear")[:, 0].float().cpu().numpy()
+
+    if device == "cuda":
+        sync = torch.cuda.synchronize
+        wrap = lambda fn: (lambda: (fn(), sync())[0])
+        original_uncached, original_cached = wrap(original_uncached), wrap(original_cached)
+
+    print(f"SEGIC one-shot episodes, DINOv2 {args.arch} at {args.image_size} px, 640x480 images, on "
+          f"{jax.devices()[0].device_kind} (JAX) / {device} (torch {torch.__version__})")
+    print(f"{'implementation':>15} {'dtype':>9} {'context':>9} {'episodes/s':>11} {'vs original':>12} {'max |logit diff|':>17}")
+
+    def report(name, dtype, ctx, t, base, diff=None):
+        diff = "" if diff is None else f"{diff:.2e}"
+        print(f"{name:>15} {dtype:>9} {ctx:>9} {1 / t:>11.2f} {base / t:>11.2f}x {diff:>17}", flush=True)
+
+    t_orig_u, ref_u = median_time(original_uncached, args.episodes)
+    report("original", "float32", "uncached", t_orig_u, t_orig_u)
+    t_orig_c, ref_c = median_time(original_cached, args.episodes)
+    report("original", "float32", "cached", t_orig_c, t_orig_c)
+    for dtype in args.dtypes:
+        predictor = Predictor.from_checkpoint(out, dtype=dtype, batch_size=1)
+        uncached = lambda: predictor.segment(
+            [target], predictor.encode_context([ref_image], [ref_mask], class_names=["object"])
+        )[0].logits
+        t, ours = median_time(uncached, args.episodes)
+        report("segic-jax", dtype, "uncached", t, t_orig_u, float(np.abs(ours - ref_u).max()))
+        context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
+        t, ours = median_time(lambda: predictor.segment([target], context)[0].logits, args.episodes)
+        report("segic-jax", dtype, "cached", t, t_orig_c, float(np.abs(ours - ref_c).max()))
+
+
+if __name__ == "__main__":
+    main()

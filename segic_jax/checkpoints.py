@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from segic_jax import files
 
 DESCRIPTION_FILE = "segic_jax.json"
 PARAMS_DIR = "params"
@@ -115,12 +116,7 @@ def save_model(
             f"parameters do not match a {kind} model: missing {sorted(set(expected) - set(params))}, "
             f"unexpected {sorted(set(params) - set(expected))}"
         )
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-    try:
+    with files.atomic_directory(out_dir, overwrite) as tmp:
         template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
         with ocp.StandardCheckpointer() as ckptr:
@@ -130,12 +126,6 @@ def save_model(
         description = {"kind": kind, "config": config.to_dict(), "source": source, "format": FORMAT_VERSION}
         with open(os.path.join(tmp, DESCRIPTION_FILE), "w") as f:
             json.dump(description, f, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -14,6 +14,7 @@ from segic_jax import checkpoints, convert
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax.conversion.core import ConversionError, Rule, apply_rules, linear
 from segic_jax.models import dinov2
+from sandbox import marking_stand_in, python_path
 from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
 
 
@@ -173,20 +174,16 @@ def test_hf_folder_with_pytorch_model_bin_or_shards(tmp_path):
 
 
 def test_safetensors_conversion_does_not_need_torch(tmp_path):
-    # A stand-in `torch` that leaves a mark when imported: converting a safetensors folder and
-    # loading the result must never reach for PyTorch.
+    # converting a safetensors folder and loading the result must never reach for PyTorch
     folder = tmp_path / "hf"
     hf_dinov2().save_pretrained(str(folder))
-    fake = tmp_path / "site" / "torch"
-    fake.mkdir(parents=True)
-    mark = tmp_path / "torch_imported"
-    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('fake torch')\n")
+    site, mark = marking_stand_in(tmp_path, "torch")
     code = (
         "import sys; from segic_jax import convert; from segic_jax.models import dinov2; "
         f"assert convert.main(['dinov2', '--src', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}]) == 0; "
         f"dinov2.load({str(tmp_path / 'out')!r})"
     )
-    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{os.path.dirname(os.path.dirname(__file__))}")
+    env = python_path(site, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not mark.exists()

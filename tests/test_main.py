@@ -14,6 +14,7 @@ from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax import checkpoints
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.inference import correspondence
+from sandbox import marking_stand_in, python_path
 from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,17 +78,13 @@ def test_synthetic_pairs_share_a_class_and_are_seeded():
 
 
 def test_model_conversion_and_inference_do_not_import_tensorflow(tmp_path):
-    # A stand-in `tensorflow` package that leaves a mark when anything imports it, even a caller
-    # that would swallow the ImportError.
-    fake = tmp_path / "site" / "tensorflow"
-    fake.mkdir(parents=True)
-    mark = tmp_path / "imported"
-    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('fake tensorflow')\n")
+    site, mark = marking_stand_in(tmp_path, "tensorflow")
     code = (
         "import segic_jax.models.dinov2, segic_jax.models.clip_text, segic_jax.convert, "
-        "segic_jax.inference.correspondence, segic_jax.checkpoints, orbax.checkpoint"
+        "segic_jax.inference.correspondence, segic_jax.inference.predictor, segic_jax.inference.predict, "
+        "segic_jax.conversion.segic, segic_jax.checkpoints, orbax.checkpoint"
     )
-    env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{ROOT}")
+    env = python_path(site, ROOT)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not mark.exists()

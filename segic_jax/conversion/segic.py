@@ -9,13 +9,11 @@ Names follow the reference (`neck.{0,1,2,3}`, SAM's `prompt_encoder` and `mask_d
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
-from segic_jax import checkpoints
+from segic_jax import checkpoints, files
 from segic_jax.conversion import clip_text as clip_conversion
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax.conversion.core import ConversionError, Rule, apply_rules, conv, identity, linear, read_state_dict
@@ -128,7 +126,8 @@ def convert_all(
     (`head/`, `dinov2/`, `clip_text/`), written only when all three convert."""
     head_cfg, head = convert_head(segic, image_size=image_size, progress=progress)
     # SEGIC ran the hub DINOv2; keep the hub's resampling even for weights from Hugging Face.
-    dino_cfg, dino = dinov2_conversion.convert(dinov2, overrides={"interpolate_offset": 0.1, "interpolate_antialias": False}, progress=progress)
+    hub_resampling = {"interpolate_offset": 0.1, "interpolate_antialias": False}
+    dino_cfg, dino = dinov2_conversion.convert(dinov2, overrides=hub_resampling, progress=progress)
     clip_cfg, text, tokenizer_files = clip_conversion.convert(clip, progress=progress)
     if not tokenizer_files:
         raise ConversionError(f"{clip} has no tokenizer files ({', '.join(clip_conversion.TOKENIZER_FILES)})")
@@ -137,21 +136,10 @@ def convert_all(
             f"the SEGIC head expects {head_cfg.vision_dim}-d vision and {head_cfg.text_dim}-d text features; "
             f"{dinov2} gives {dino_cfg.embed_dim}-d and {clip} {clip_cfg.width}-d"
         )
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass overwrite=True (--overwrite) to replace it")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
-    try:
+    with files.atomic_directory(out, overwrite) as tmp:
         checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head_cfg, head, source=segic)
         checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", dino_cfg, dino, source=dinov2)
         checkpoints.save_model(
             os.path.join(tmp, "clip_text"), "clip_text", clip_cfg, text, source=clip, extra_files=tokenizer_files
         )
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return os.path.abspath(out)

@@ -253,3 +253,14 @@ def test_images_of_any_mode_are_read_as_rgb(tmp_path, rng):
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
     palette.save(tmp_path / "p.png")
     np.testing.assert_array_equal(load_mask(str(tmp_path / "p.png")), [[False, True], [True, False]])
+
+
+def test_bfloat16_predictor_stays_close_to_float32(tiny, predictor, rng):
+    fast = Predictor.from_checkpoint(tiny["path"], dtype="bfloat16")
+    ref_image, ref_mask = _scene(rng, 90, 120)
+    target, _ = _scene(rng, 110, 100)
+    exact = predictor.segment([target], predictor.encode_context([ref_image], [ref_mask]))[0]
+    approx = fast.segment([target], fast.encode_context([ref_image], [ref_mask]))[0]
+    scale = np.abs(exact.logits).max()
+    assert 0 < np.abs(approx.logits - exact.logits).max() < 0.05 * scale
+    assert (approx.masks == exact.masks).mean() > 0.97

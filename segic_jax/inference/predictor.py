@@ -88,6 +88,8 @@ class Predictor:
         self._head = nnx.split(head)
         self._encoder = nnx.split(encoder)
         self._text_model = nnx.split(text_model)
+        # float32 means PyTorch's float32: full-precision matmuls (XLA uses TF32 on GPUs by default)
+        self._precision = "highest" if head.dtype == jnp.float32 else "default"
         self.image_size = head.cfg.image_size
         self.batch_size = batch_size
         self.concept_bucket = concept_bucket
@@ -130,13 +132,13 @@ class Predictor:
             if n < self.batch_size:  # pad the last batch so it reuses the compiled program
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
                 hw = np.concatenate([hw, np.repeat(hw[-1:], self.batch_size - n, 0)])
-            out.append(_encode(*self._encoder, jnp.asarray(chunk), jnp.asarray(hw))[:n])
+            out.append(_encode(self._encoder[0], self._precision, self._encoder[1], jnp.asarray(chunk), jnp.asarray(hw))[:n])
         return jnp.concatenate(out)
 
     def _text(self, prompts: Sequence[str]) -> np.ndarray:
         missing = sorted({p for p in prompts if p not in self._text_cache})
         if missing:
-            pooled = _encode_text(*self._text_model, jnp.asarray(self.tokenizer(missing)))
+            pooled = _encode_text(self._text_model[0], self._precision, self._text_model[1], jnp.asarray(self.tokenizer(missing)))
             self._text_cache.update(zip(missing, np.asarray(pooled)))
         return np.stack([self._text_cache[p] for p in prompts])
 
@@ -206,7 +208,9 @@ class Predictor:
                 feats = jnp.concatenate([feats, jnp.repeat(feats[-1:], self.batch_size - n, 0)])
             b = feats.shape[0]
             out = _decode(
-                *self._head,
+                self._head[0],
+                self._precision,
+                self._head[1],
                 feats,
                 jnp.broadcast_to(feats_ctx, (b, kp, feats_ctx.shape[1])),
                 jnp.broadcast_to(valid, (b, kp)),
@@ -226,21 +230,24 @@ class Predictor:
         return Prediction(logits=logits, masks=logits > 0, similarity=sim, points=(points + 0.5) * scale - 0.5)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:
-    encoder = nnx.merge(graphdef, state)
-    return encoder(normalize_images(pixels, valid_hw)).patch_tokens.astype(jnp.float32)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _encode(graphdef, precision, state, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:
+    with jax.default_matmul_precision(precision):
+        encoder = nnx.merge(graphdef, state)
+        return encoder(normalize_images(pixels, valid_hw)).patch_tokens.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_text(graphdef, state, ids: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state)(ids).pooled
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _encode_text(graphdef, precision, state, ids: jax.Array) -> jax.Array:
+    with jax.default_matmul_precision(precision):
+        return nnx.merge(graphdef, state)(ids).pooled
 
 
 _feature_sums = jax.jit(masked_feature_sums)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _decode(graphdef, state, feats, ref_feats, valid, text):
-    out = nnx.merge(graphdef, state).decode(feats, ref_feats, valid, text)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decode(graphdef, precision, state, feats, ref_feats, valid, text):
+    with jax.default_matmul_precision(precision):
+        out = nnx.merge(graphdef, state).decode(feats, ref_feats, valid, text)
     return out.logits, out.similarity, out.points

@@ -1,0 +1,8 @@
+"""TFDS builders for SEGIC's datasets, built from --manual_dir without TensorFlow."""
+
+from segic_jax.data.builders.instances import CocoInstances, LvisInstances
+
+BUILDERS = {
+    "coco_instances": CocoInstances,
+    "lvis_instances": LvisInstances,
+}

@@ -1,0 +1,48 @@
+"""Random-access reading of built datasets (tfds.data_source: no TensorFlow) and decoding of their
+examples into arrays."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from segic_jax.data import rle
+
+
+def data_source(name: str, split: str, data_dir: str):
+    import tensorflow_datasets as tfds
+
+    from segic_jax.data.builders import BUILDERS  # registers the builders with TFDS
+
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # TFDS raises several types for a dataset that is not there
+        raise FileNotFoundError(
+            f"dataset {name} split {split!r} not found under {data_dir} ({e}); build it with "
+            f"`python -m segic_jax.data.build {name} --manual_dir ... --data_dir {data_dir}`"
+        ) from None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from encoded bytes (any mode)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def decode_instances(example: dict) -> dict:
+    """image (H, W, 3) uint8, masks (N, H, W) bool, category_ids (N,), category_names, iscrowd (N,)."""
+    objects = example["objects"]
+    masks = [rle.decode(r) for r in objects["rle"]]
+    h, w = int(example["height"]), int(example["width"])
+    return {
+        "image": decode_image(example["image"]),
+        "masks": np.stack(masks) if masks else np.zeros((0, h, w), bool),
+        "category_ids": np.asarray(objects["category_id"], np.int64),
+        "category_names": [n.decode() if isinstance(n, bytes) else n for n in objects["category_name"]],
+        "iscrowd": np.asarray(objects["iscrowd"], bool),
+    }

@@ -1,0 +1,79 @@
+"""Tiny datasets in the real on-disk layouts, for the builder and pipeline tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def _jpeg(path, rng, h, w, mode="RGB"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    img.convert(mode).save(path, quality=95)
+
+
+def coco_annotations(rng, images):
+    """A COCO instances dict over `images` [(id, file_name, h, w)], with polygons (one of two
+    parts), an uncompressed crowd RLE and a compressed RLE, and one image left unannotated."""
+    from pycocotools import mask as mask_utils
+
+    anns, ann_id = [], 1
+    for image_id, _, h, w in images[:-1]:
+        anns.append(dict(id=ann_id, image_id=image_id, category_id=1, iscrowd=0, bbox=[2, 3, 10, 8],
+                         segmentation=[[2, 3, 12, 3, 12, 11, 2, 11], [20, 20, 26, 20, 23, 27]], area=1.0))
+        crowd = np.zeros((h, w), np.uint8)
+        crowd[h // 2 :, : w // 3] = 1
+        counts, run, value = [], 0, 0
+        for v in crowd.flatten(order="F"):
+            if v == value:
+                run += 1
+            else:
+                counts.append(run)
+                run, value = 1, v
+        counts.append(run)
+        anns.append(dict(id=ann_id + 1, image_id=image_id, category_id=2, iscrowd=1, bbox=[0, h // 2, w // 3, h - h // 2],
+                         segmentation={"size": [h, w], "counts": counts}, area=1.0))
+        blob = np.zeros((h, w), np.uint8)
+        blob[1:5, w - 9 : w - 2] = 1
+        enc = mask_utils.encode(np.asfortranarray(blob))
+        anns.append(dict(id=ann_id + 2, image_id=image_id, category_id=3, iscrowd=0, bbox=[w - 9, 1, 7, 4],
+                         segmentation={"size": [h, w], "counts": enc["counts"].decode()}, area=1.0))
+        ann_id += 3
+    return dict(
+        images=[dict(id=i, file_name=f, height=h, width=w, coco_url=f"http://images.cocodataset.org/train2017/{f}")
+                for i, f, h, w in images],
+        annotations=anns,
+        categories=[dict(id=1, name="person"), dict(id=2, name="traffic light"), dict(id=3, name="dog")],
+    )
+
+
+def write_coco(root, rng, split="train"):
+    """root/annotations/instances_{split}2017.json and root/{split}2017/*.jpg."""
+    images = [(7, "000000000007.jpg", 40, 50), (3, "000000000003.jpg", 33, 61), (9, "000000000009.jpg", 20, 20)]
+    for _, f, h, w in images:
+        _jpeg(os.path.join(root, f"{split}2017", f), rng, h, w, mode="L" if f.endswith("3.jpg") else "RGB")
+    data = coco_annotations(rng, images)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    path = os.path.join(root, "annotations", f"instances_{split}2017.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def write_lvis(root, rng):
+    """root/lvis_v1_val.json with images under root/train2017 (by coco_url)."""
+    images = [(11, "000000000011.jpg", 30, 30), (12, "000000000012.jpg", 25, 35), (13, "000000000013.jpg", 20, 20)]
+    for _, f, h, w in images:
+        _jpeg(os.path.join(root, "train2017", f), rng, h, w)
+    data = coco_annotations(rng, images)
+    for ann in data["annotations"]:
+        ann.pop("iscrowd")
+    for im in data["images"]:
+        im.pop("file_name")
+    path = os.path.join(root, "lvis_v1_val.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return path

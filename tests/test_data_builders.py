@@ -1,0 +1,101 @@
+"""TFDS builders on tiny datasets in the real layouts: masks equal pycocotools', errors name the file."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fake_datasets import write_coco, write_lvis
+from segic_jax.data import build as build_cli
+from segic_jax.data.sources import data_source, decode_instances
+
+
+def _expected(annotation_path, image_root):
+    from pycocotools.coco import COCO
+
+    coco = COCO(annotation_path)
+    out = {}
+    for image_id, image in coco.imgs.items():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        if anns:
+            out[image_id] = np.stack([coco.annToMask(a).astype(bool) for a in anns])
+    return coco, out
+
+
+def test_coco_instances_build_and_decode_like_pycocotools(tmp_path, rng):
+    ann_path = write_coco(str(tmp_path / "coco"), rng)
+    assert build_cli.main(["coco_instances", "--manual_dir", str(tmp_path / "coco"), "--data_dir", str(tmp_path / "data")]) == 0
+    coco, expected = _expected(ann_path, str(tmp_path / "coco"))
+    source = data_source("coco_instances", "train", str(tmp_path / "data"))
+    assert len(source) == 2  # the unannotated image is skipped
+    for i in range(len(source)):
+        ex = decode_instances(source[i])
+        image_id = int(source[i]["image_id"])
+        np.testing.assert_array_equal(ex["masks"], expected[image_id])
+        assert ex["category_names"] == ["person", "traffic light", "dog"]
+        assert ex["iscrowd"].tolist() == [False, True, False]
+        info = coco.imgs[image_id]
+        on_disk = np.asarray(Image.open(tmp_path / "coco" / "train2017" / info["file_name"]).convert("RGB"))
+        np.testing.assert_array_equal(ex["image"], on_disk)  # bytes kept as they were; grayscale read as RGB
+
+
+def test_lvis_images_are_found_by_coco_url(tmp_path, rng):
+    ann_path = write_lvis(str(tmp_path / "lvis"), rng)
+    assert build_cli.main(["lvis_instances", "--manual_dir", str(tmp_path / "lvis"), "--data_dir", str(tmp_path / "data")]) == 0
+    source = data_source("lvis_instances", "val", str(tmp_path / "data"))
+    with open(ann_path) as f:
+        data = json.load(f)
+    for im in data["images"]:
+        im["file_name"] = im["coco_url"].split("/")[-1]
+    fixed = tmp_path / "lvis_as_coco.json"
+    fixed.write_text(json.dumps(data))
+    _, expected = _expected(str(fixed), None)
+    got = {int(source[i]["image_id"]): decode_instances(source[i])["masks"] for i in range(len(source))}
+    assert got.keys() == expected.keys()
+    for k in got:
+        np.testing.assert_array_equal(got[k], expected[k])
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("no_dir", "missing folder"),
+        ("no_annotations", "no annotation file for coco_instances"),
+        ("bad_json", "instances_train2017.json is not valid JSON"),
+        ("unknown_image", "refers to unknown image 999"),
+        ("missing_image", "missing image .*000000000007.jpg"),
+        ("wrong_mask_size", "mask size \\[5, 5\\] differs from the image's"),
+    ],
+)
+def test_bad_layouts_are_named(tmp_path, rng, breakage, message, capsys):
+    root = tmp_path / "coco"
+    ann_path = write_coco(str(root), rng)
+    data = json.loads(open(ann_path).read())
+    if breakage == "no_dir":
+        root = tmp_path / "elsewhere"
+    elif breakage == "no_annotations":
+        os.remove(ann_path)
+    elif breakage == "bad_json":
+        open(ann_path, "w").write("{not json")
+    elif breakage == "unknown_image":
+        data["annotations"][0]["image_id"] = 999
+        open(ann_path, "w").write(json.dumps(data))
+    elif breakage == "missing_image":
+        os.remove(root / "train2017" / "000000000007.jpg")
+    elif breakage == "wrong_mask_size":
+        data["annotations"][1]["segmentation"]["size"] = [5, 5]
+        data["annotations"][1]["segmentation"]["counts"] = [25]
+        open(ann_path, "w").write(json.dumps(data))
+    assert build_cli.main(["coco_instances", "--manual_dir", str(root), "--data_dir", str(tmp_path / "data")]) == 1
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    built = tmp_path / "data" / "coco_instances"
+    assert not built.exists() or not any(p.name[0].isdigit() for p in built.iterdir())  # no finished version folder
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build it with"):
+        data_source("coco_instances", "train", str(tmp_path))

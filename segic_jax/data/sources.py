@@ -11,11 +11,12 @@ from segic_jax.data import rle
 
 
 def data_source(name: str, split: str, data_dir: str):
+    """`name` is a dataset, optionally with its config: synthetic_incontext/tiny."""
     import tensorflow_datasets as tfds
 
     from segic_jax.data.builders import BUILDERS  # registers the builders with TFDS
 
-    if name not in BUILDERS:
+    if name.partition("/")[0] not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir)

@@ -114,3 +114,30 @@ def synthetic_pair(seed: int, size: int) -> dict:
         target_mask=tgt_mask,
         class_name=cls.name,
     )
+
+
+def class_split(cls: ObjectClass) -> str:
+    """Every fourth class (in `all_classes` order) is held out for testing."""
+    return "test" if all_classes().index(cls) % 4 == 0 else "train"
+
+
+def multi_object_scene(rng: np.random.Generator, classes: list[ObjectClass], size: int, n_objects: int):
+    """A cluttered background with `n_objects` objects drawn from `classes` (a class may repeat).
+
+    Returns image uint8 (size, size, 3), masks bool (N, size, size) of the visible parts (later
+    objects occlude earlier ones; fully hidden objects are dropped) and their class indices (N,).
+    """
+    image = _background(rng, size)
+    masks, labels = [], []
+    for _ in range(n_objects):
+        index = int(rng.integers(len(classes)))
+        mask = _paint(image, rng, classes[index], size, rng.uniform(0.08, 0.2) * size)
+        masks = [m & ~mask for m in masks]
+        masks.append(mask)
+        labels.append(index)
+    keep = [i for i, m in enumerate(masks) if m.sum() >= 16]
+    return (
+        np.clip(image, 0, 255).astype(np.uint8),
+        np.stack([masks[i] for i in keep]) if keep else np.zeros((0, size, size), bool),
+        np.asarray([labels[i] for i in keep], np.int64),
+    )

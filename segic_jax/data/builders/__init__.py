@@ -1,8 +1,10 @@
 """TFDS builders for SEGIC's datasets, built from --manual_dir without TensorFlow."""
 
 from segic_jax.data.builders.instances import CocoInstances, LvisInstances
+from segic_jax.data.builders.synthetic import SyntheticIncontext
 
 BUILDERS = {
     "coco_instances": CocoInstances,
     "lvis_instances": LvisInstances,
+    "synthetic_incontext": SyntheticIncontext,
 }

@@ -77,3 +77,42 @@ def write_lvis(root, rng):
     with open(path, "w") as f:
         json.dump(data, f)
     return path
+
+
+def write_ade(root, rng, per_split=3):
+    """ADEChallengeData2016 layout with a 150-class objectInfo150.txt."""
+    from PIL import Image
+
+    for split in ("training", "validation"):
+        os.makedirs(os.path.join(root, "images", split), exist_ok=True)
+        os.makedirs(os.path.join(root, "annotations", split), exist_ok=True)
+        for i in range(per_split):
+            h, w = 24 + i, 30
+            stem = f"ADE_{'train' if split == 'training' else 'val'}_{i + 1:08d}"
+            _jpeg(os.path.join(root, "images", split, stem + ".jpg"), rng, h, w)
+            label = np.zeros((h, w), np.uint8)
+            label[: h // 2] = 1 + i  # class i + 1 (wall, building, ...)
+            label[h // 2 :, : w // 2] = 5
+            Image.fromarray(label).save(os.path.join(root, "annotations", split, stem + ".png"))
+    rows = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.1\t10\t1\tclass{i};synonym" for i in range(1, 151)]
+    with open(os.path.join(root, "objectInfo150.txt"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def write_coco2014(root, rng):
+    """COCO 2014 layout with 80 categories (ids with COCO's gaps) for COCO-20i."""
+    ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    images = [(1, "COCO_train2014_000000000001.jpg", 30, 40), (2, "COCO_train2014_000000000002.jpg", 20, 20)]
+    for _, f, h, w in images:
+        _jpeg(os.path.join(root, "train2014", f), rng, h, w)
+    anns = [
+        dict(id=1, image_id=1, category_id=ids[0], iscrowd=0, segmentation=[[0, 0, 20, 0, 20, 20, 0, 20]], bbox=[0, 0, 20, 20]),
+        dict(id=2, image_id=1, category_id=ids[5], iscrowd=0, segmentation=[[10, 10, 39, 10, 39, 29, 10, 29]], bbox=[10, 10, 29, 19]),
+        dict(id=3, image_id=2, category_id=ids[5], iscrowd=0, segmentation=[[2, 2, 15, 2, 15, 15, 2, 15]], bbox=[2, 2, 13, 13]),
+    ]
+    data = dict(images=[dict(id=i, file_name=f, height=h, width=w) for i, f, h, w in images], annotations=anns,
+                categories=[dict(id=c, name=f"cat{c}") for c in ids])
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    with open(os.path.join(root, "annotations", "instances_train2014.json"), "w") as f:
+        json.dump(data, f)
+    return data

@@ -99,3 +99,46 @@ def test_bad_layouts_are_named(tmp_path, rng, breakage, message, capsys):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="build it with"):
         data_source("coco_instances", "train", str(tmp_path))
+
+
+def test_ade20k_semantic_builds_with_its_class_names(tmp_path, rng):
+    from fake_datasets import write_ade
+    from segic_jax.data.sources import class_names, decode_semantic
+
+    write_ade(str(tmp_path / "ade"), rng)
+    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(tmp_path / "ade"), "--data_dir", str(tmp_path / "data")]) == 0
+    names = class_names("ade20k_semantic", str(tmp_path / "data"))
+    assert len(names) == 150 and names[0] == "class1" and names[4] == "class5"
+    source = data_source("ade20k_semantic", "train", str(tmp_path / "data"))
+    seen = set()
+    for i in range(len(source)):
+        ex = decode_semantic(source[i])
+        png = np.asarray(Image.open(tmp_path / "ade" / "annotations" / source[i]["file_name"].decode().replace(".jpg", ".png")))
+        np.testing.assert_array_equal(ex["label"], png)
+        assert ex["classes"].tolist() == sorted(set(np.unique(png).tolist()) - {0})
+        seen.add(tuple(ex["classes"].tolist()))
+    assert seen == {(1, 5), (2, 5), (3, 5)}
+
+
+def test_coco20i_class_maps_are_rasterised_from_instances(tmp_path, rng):
+    from fake_datasets import write_coco2014
+    from segic_jax.data.sources import class_names, decode_semantic
+
+    write_coco2014(str(tmp_path / "coco14"), rng)
+    assert build_cli.main(["coco20i_semantic", "--manual_dir", str(tmp_path / "coco14"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert class_names("coco20i_semantic", str(tmp_path / "data"))[5] == "cat6"
+    source = data_source("coco20i_semantic", "train", str(tmp_path / "data"))
+    by_name = {source[i]["file_name"].decode(): decode_semantic(source[i]) for i in range(len(source))}
+    first = by_name["train2014/COCO_train2014_000000000001.jpg"]
+    assert first["classes"].tolist() == [1, 6]
+    assert first["label"][5, 5] == 1 and first["label"][15, 15] == 6  # the later annotation covers the overlap
+    assert first["label"][25, 5] == 0
+
+
+def test_ade20k_without_class_names_is_a_clear_error(tmp_path, rng, capsys):
+    from fake_datasets import write_ade
+
+    write_ade(str(tmp_path / "ade"), rng)
+    os.remove(tmp_path / "ade" / "objectInfo150.txt")
+    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(tmp_path / "ade"), "--data_dir", str(tmp_path / "data")]) == 1
+    assert "objectInfo150.txt" in capsys.readouterr().err

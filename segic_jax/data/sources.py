@@ -47,3 +47,25 @@ def decode_instances(example: dict) -> dict:
         "category_names": [n.decode() if isinstance(n, bytes) else n for n in objects["category_name"]],
         "iscrowd": np.asarray(objects["iscrowd"], bool),
     }
+
+
+def class_names(name: str, data_dir: str) -> list[str]:
+    """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
+    import tensorflow_datasets as tfds
+
+    from segic_jax.data.builders import BUILDERS  # noqa: F401  (registers the builders)
+
+    return list(tfds.builder(name, data_dir=data_dir).info.metadata["class_names"])
+
+
+def decode_semantic(example: dict) -> dict:
+    """image (H, W, 3) uint8, label (H, W) int32 class map, classes present (C,)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(example["label"])) as img:
+        label = np.asarray(img).astype(np.int32)
+    return {
+        "image": decode_image(example["image"]),
+        "label": label,
+        "classes": np.asarray(example["classes"], np.int32),
+    }

@@ -1,10 +1,13 @@
 """TFDS builders for SEGIC's datasets, built from --manual_dir without TensorFlow."""
 
 from segic_jax.data.builders.instances import CocoInstances, LvisInstances
+from segic_jax.data.builders.semantic import Ade20kSemantic, Coco20iSemantic
 from segic_jax.data.builders.synthetic import SyntheticIncontext
 
 BUILDERS = {
     "coco_instances": CocoInstances,
     "lvis_instances": LvisInstances,
     "synthetic_incontext": SyntheticIncontext,
+    "ade20k_semantic": Ade20kSemantic,
+    "coco20i_semantic": Coco20iSemantic,
 }

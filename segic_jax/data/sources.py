@@ -53,8 +53,10 @@ def class_names(name: str, data_dir: str) -> list[str]:
     """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
     import tensorflow_datasets as tfds
 
-    from segic_jax.data.builders import BUILDERS  # noqa: F401  (registers the builders)
+    from segic_jax.data.builders import BUILDERS  # registers the builders with TFDS
 
+    if name.partition("/")[0] not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     return list(tfds.builder(name, data_dir=data_dir).info.metadata["class_names"])
 
 

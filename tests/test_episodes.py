@@ -1,25 +1,51 @@
-"""Synthetic dataset, augmentations and the grain instance-episode pipeline."""
+"""Synthetic dataset, augmentations and the grain episode pipelines."""
 
 import numpy as np
 import pytest
 
+from fake_datasets import write_ade
 from segic_jax.data import augment, episodes
 from segic_jax.data import build as build_cli
-from segic_jax.data.sources import data_source, decode_instances
+from segic_jax.data.sources import class_names, data_source, decode_instances, decode_semantic
 
 SIZE, K = 48, 5
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("data"))
-    assert build_cli.main(["synthetic_incontext/tiny", "--data_dir", data_dir]) == 0
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    assert build_cli.main(["synthetic_incontext/tiny", "--data_dir", str(root)]) == 0
+    write_ade(str(root / "ade_files"), np.random.default_rng(0), per_split=4)
+    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(root / "ade_files"), "--data_dir", str(root)]) == 0
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def source(data_dir):
     return data_source("synthetic_incontext/tiny", "train", data_dir), data_source("synthetic_incontext/tiny", "test", data_dir)
 
 
-def _batches(ds, n):
+@pytest.fixture(scope="module")
+def ade(data_dir):
+    return data_source("ade20k_semantic", "train", data_dir), class_names("ade20k_semantic", data_dir)
+
+
+def _stream(samplers, seed=0, batch=2, **kw):
+    return episodes.episode_stream(samplers, batch_size=batch, seed=seed, samples_per_epoch=kw.pop("n", 64), **kw)
+
+
+def _take(ds, n):
     it = episodes.iterator(ds)
     return [next(it) for _ in range(n)]
+
+
+def _equal(a, b):
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        if x.dtype.kind in "OUS":
+            assert x.tolist() == y.tolist()
+        else:
+            np.testing.assert_array_equal(x, y)
 
 
 def test_synthetic_splits_hold_disjoint_classes(source):
@@ -31,11 +57,12 @@ def test_synthetic_splits_hold_disjoint_classes(source):
     assert ex["image"].shape == (64, 64, 3) and ex["masks"].shape[1:] == (64, 64) and ex["masks"].any((1, 2)).all()
 
 
-def test_batches_have_fixed_shapes_and_valid_prefixes(source):
-    ds = episodes.instance_episodes(source[0], size=SIZE, max_instances=K, batch_size=3, seed=0)
-    for batch in _batches(ds, 4):
+def test_instance_batches_have_fixed_shapes_and_valid_prefixes(source):
+    ds = _stream([episodes.InstanceSampler(source[0], SIZE, K)], batch=3)
+    for batch in _take(ds, 4):
         assert batch["target_image"].shape == batch["reference_image"].shape == (3, SIZE, SIZE, 3)
         assert batch["target_masks"].shape == batch["reference_masks"].shape == (3, K, SIZE, SIZE)
+        assert batch["is_instance"].all() and list(batch["class_name"]) == ["", "", ""]
         for valid, t, r in zip(batch["valid"], batch["target_masks"], batch["reference_masks"]):
             k = int(valid.sum())
             assert k >= 1 and valid[:k].all() and not valid[k:].any()
@@ -45,16 +72,16 @@ def test_batches_have_fixed_shapes_and_valid_prefixes(source):
 
 
 def test_same_seed_same_stream_other_seed_other_stream(source):
-    make = lambda seed: episodes.instance_episodes(source[0], size=SIZE, max_instances=K, batch_size=2, seed=seed)
-    a, b, c = _batches(make(0), 3), _batches(make(0), 3), _batches(make(1), 3)
+    make = lambda seed: _stream([episodes.InstanceSampler(source[0], SIZE, K)], seed=seed)
+    a, b, c = _take(make(0), 3), _take(make(0), 3), _take(make(1), 3)
     for x, y in zip(a, b):
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
+        _equal(x, y)
     assert any(not np.array_equal(x["target_image"], z["target_image"]) for x, z in zip(a, c))
 
 
-def test_restored_iterator_continues_exactly(source):
-    ds = episodes.instance_episodes(source[0], size=SIZE, max_instances=K, batch_size=2, seed=3)
+def test_restored_iterator_continues_exactly(source, ade):
+    samplers = [episodes.InstanceSampler(source[0], SIZE, K), episodes.SemanticSampler(*ade, SIZE, K, rule="image")]
+    ds = _stream(samplers, seed=3)
     it = episodes.iterator(ds)
     for _ in range(3):
         next(it)
@@ -63,26 +90,60 @@ def test_restored_iterator_continues_exactly(source):
     resumed = episodes.iterator(ds)
     resumed.set_state(state)
     for want in expected:
-        got = next(resumed)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
+        _equal(next(resumed), want)
 
 
 def test_without_augmentation_both_views_are_the_same_instances(source):
     identity = episodes.InstanceAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0.0, flip_p=0.0)
-    ds = episodes.instance_episodes(source[0], size=SIZE, max_instances=K, batch_size=2, seed=0, aug=identity)
-    for batch in _batches(ds, 3):
+    for batch in _take(_stream([episodes.InstanceSampler(source[0], SIZE, K, identity)]), 3):
         np.testing.assert_array_equal(batch["target_masks"], batch["reference_masks"])
         np.testing.assert_array_equal(batch["target_image"], batch["reference_image"])
 
 
-def test_process_shards_are_disjoint_and_cover_the_data(source):
-    seen = []
-    for index in range(2):
-        ds = episodes.instance_episodes(source[0], size=SIZE, max_instances=K, batch_size=1, seed=0,
-                                        shard_index=index, shard_count=2, num_epochs=1)
-        seen.append({int(b["image_id"][0]) for b in episodes.iterator(ds)})
-    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 16
+def test_process_shards_are_the_single_process_stream_interleaved(source):
+    sampler = episodes.InstanceSampler(source[0], SIZE, K)
+    whole = _take(_stream([sampler], batch=None, n=8, num_epochs=1), 8)
+    shards = [_take(_stream([sampler], batch=None, n=8, num_epochs=1, shard_index=i, shard_count=2), 4) for i in range(2)]
+    for i, episode in enumerate(whole):
+        _equal(episode, shards[i % 2][i // 2])
+    assert not np.array_equal(shards[0][0]["target_image"], shards[1][0]["target_image"])
+
+
+def test_semantic_episodes_pair_two_images_of_one_class(ade):
+    source, names = ade
+    sampler = episodes.SemanticSampler(source, names, SIZE, K, rule="image")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        t, r, cls = sampler._pick(rng)
+        assert cls in decode_semantic(source[t])["classes"] and cls in decode_semantic(source[r])["classes"]
+        assert t != r or len(sampler.images_of[cls]) == 1
+    # class 5 is in every image, classes 1..4 in one image each: a lone class pairs its image with itself
+    assert len(sampler.images_of[5]) == 4 and all(len(sampler.images_of[c]) == 1 for c in (1, 2, 3, 4))
+    for batch in _take(_stream([sampler], batch=4), 3):
+        assert not batch["is_instance"].any() and set(batch["class_name"]) <= set(names)
+        assert (batch["valid"].sum(1) == 1).all()
+        for hw, image in zip(batch["target_hw"], batch["target_image"]):
+            assert 1 <= hw[0] <= SIZE and 1 <= hw[1] <= SIZE
+            assert not image[hw[0]:].any() and not image[:, hw[1]:].any()  # padding outside the valid extent
+
+
+def test_mixture_follows_its_weights(source, ade):
+    samplers = [episodes.InstanceSampler(source[0], SIZE, K), episodes.SemanticSampler(*ade, SIZE, K, rule="class")]
+    ds = episodes.episode_stream(samplers, batch_size=None, seed=0, samples_per_epoch=200, weights=[3, 1], num_epochs=1)
+    share = np.mean([bool(e["is_instance"]) for e in episodes.iterator(ds)])
+    assert 0.65 < share < 0.85
+    with pytest.raises(ValueError, match="one non-negative weight per sampler"):
+        episodes.episode_stream(samplers, batch_size=2, seed=0, samples_per_epoch=10, weights=[1])
+
+
+def test_large_scale_jitter_keeps_aspect_unless_asked(rng):
+    image = np.ones((40, 80, 3), np.float32)
+    mask = np.full((40, 80), 255.0, np.float32)
+    for _ in range(10):
+        out, m, hw = episodes.large_scale_jitter(rng, image, mask, 64, (0.5, 1.0))
+        assert hw[1] >= hw[0] and (m[: hw[0], : hw[1]] > 127.5).all() and not m[hw[0]:].any()
+    _, _, hw = episodes.large_scale_jitter(rng, image, mask, 64, (0.5, 0.5), square=True)
+    assert tuple(hw) == (32, 32)
 
 
 def test_crop_boxes_and_colour_ops(rng):

@@ -1,25 +1,36 @@
 """In-context training episodes as grain pipelines: deterministic by seed, sharded per process,
 with fixed shapes and a checkpointable iterator.
 
-Instance episodes (SEGIC_SPEC.md 4.4): two independently augmented views of one image (random
-resized crop, colour jitter, horizontal flip); instances visible in both views are matched by
-index; a random number of them (0..max_instances, falling back to the first annotation) is kept
-and padded to `max_instances` with a validity mask.
+As in the reference's training mixture (SEGIC_SPEC.md 4.2), every episode picks a dataset by
+weight and then a random item of it; the stream is `samples_per_epoch` long per epoch. Episode i
+draws everything from a generator seeded by (seed, i), so process p of P, which produces episodes
+p, p + P, ..., yields exactly its share of the single-process stream, whatever the worker count.
 
-Batch fields: target_image / reference_image (B, S, S, 3) float32 in [0, 255]; target_masks /
-reference_masks (B, K, S, S) bool; valid (B, K) bool; target_hw / reference_hw (B, 2) the valid
-extent (the full frame for instance views); is_instance (B,) bool; image_id (B,) the source example.
+Instance episodes (4.4): two independently augmented views of one image (random resized crop,
+colour jitter, horizontal flip); instances visible in both views are matched by index; a random
+number of them (0..max_instances, falling back to the first annotation) is kept.
+Semantic episodes (4.3): a target and a reference image containing the same class (sampled
+class-first as for COCO, or image-first as for ADE20K), each flipped (p 0.5) and scale-jittered
+(0.1-2.0, crop and pad) independently; one mask, the class name as text.
+
+Episode fields (a batch adds a leading B): target_image / reference_image (S, S, 3) float32 in
+[0, 255]; target_masks / reference_masks (K, S, S) bool; valid (K,) bool (a prefix);
+target_hw / reference_hw (2,) the valid extent before padding; is_instance bool;
+class_name str ("" for instances); image_id int64 (the target's source example).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol, Sequence
 
 import grain
 import numpy as np
+from tqdm.auto import tqdm
 
 from segic_jax.data import augment
-from segic_jax.data.sources import decode_instances
+from segic_jax.data.sources import decode_instances, decode_semantic
+from segic_jax.ops.resize import resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,67 +41,185 @@ class InstanceAugment:
     flip_p: float = 0.1
 
 
-def _view(rng, image, masks, size, aug: InstanceAugment):
-    box = augment.random_resized_crop_box(rng, *image.shape[:2], aug.scale, aug.ratio)
-    image, masks = augment.resized_crop(image.astype(np.float32), masks, box, size)
-    if rng.random() < aug.jitter_p:
-        image = augment.color_jitter(rng, image)
-    if rng.random() < aug.flip_p:
-        image, masks = image[:, ::-1], masks[:, :, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(masks)
+@dataclasses.dataclass(frozen=True)
+class SemanticAugment:
+    flip_p: float = 0.5
+    scale_range: tuple[float, float] = (0.1, 2.0)
+    # The reference resizes the reference view to an s x s square, distorting it (SEGIC_SPEC.md
+    # 4.3, a bug); off unless asked for.
+    square_reference: bool = False
 
 
-def instance_episode(example: dict, rng: np.random.Generator, size: int, max_instances: int,
-                     aug: InstanceAugment = InstanceAugment()) -> dict:
-    """One decoded TFDS instance example -> a fixed-shape (target, reference) episode."""
-    data = decode_instances(example)
-    target, target_masks = _view(rng, data["image"], data["masks"], size, aug)
-    reference, reference_masks = _view(rng, data["image"], data["masks"], size, aug)
-    visible = np.flatnonzero(target_masks.any((1, 2)) & reference_masks.any((1, 2)))
-    m = int(rng.integers(0, max_instances + 1))
-    chosen = np.sort(rng.choice(visible, size=min(m, len(visible)), replace=False)) if len(visible) else visible
-    if not len(chosen):
-        chosen = np.array([0])  # the reference falls back to the first annotation, even if empty
-    k = len(chosen)
-    pad = lambda masks: np.concatenate([masks[chosen], np.zeros((max_instances - k, size, size), bool)])
-    full = np.array([size, size], np.int32)
-    return {
-        "target_image": target,
-        "reference_image": reference,
-        "target_masks": pad(target_masks),
-        "reference_masks": pad(reference_masks),
-        "valid": np.arange(max_instances) < k,
-        "target_hw": full,
-        "reference_hw": full.copy(),
-        "is_instance": np.bool_(True),
-        "image_id": np.int64(example["image_id"]),
-    }
+class Sampler(Protocol):
+    def sample(self, rng: np.random.Generator) -> dict: ...
 
 
-def instance_episodes(
-    source,
+def _pad(masks: np.ndarray, k: int, size: int) -> np.ndarray:
+    return np.concatenate([masks, np.zeros((k - len(masks), size, size), bool)])
+
+
+class InstanceSampler:
+    """Instance episodes from a decoded-on-read instance source (COCO, LVIS, synthetic)."""
+
+    def __init__(self, source, size: int, max_instances: int, aug: InstanceAugment = InstanceAugment()):
+        if len(source) == 0:
+            raise ValueError("the instance source is empty")
+        self.source, self.size, self.k, self.aug = source, size, max_instances, aug
+
+    def _view(self, rng, image, masks):
+        aug = self.aug
+        box = augment.random_resized_crop_box(rng, *image.shape[:2], aug.scale, aug.ratio)
+        image, masks = augment.resized_crop(image.astype(np.float32), masks, box, self.size)
+        if rng.random() < aug.jitter_p:
+            image = augment.color_jitter(rng, image)
+        if rng.random() < aug.flip_p:
+            image, masks = image[:, ::-1], masks[:, :, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(masks)
+
+    def episode(self, example: dict, rng: np.random.Generator) -> dict:
+        data = decode_instances(example)
+        target, target_masks = self._view(rng, data["image"], data["masks"])
+        reference, reference_masks = self._view(rng, data["image"], data["masks"])
+        visible = np.flatnonzero(target_masks.any((1, 2)) & reference_masks.any((1, 2)))
+        m = int(rng.integers(0, self.k + 1))
+        chosen = np.sort(rng.choice(visible, size=min(m, len(visible)), replace=False)) if len(visible) else visible
+        if not len(chosen):
+            chosen = np.array([0])  # the reference falls back to the first annotation, even if empty
+        full = np.array([self.size, self.size], np.int32)
+        return {
+            "target_image": target,
+            "reference_image": reference,
+            "target_masks": _pad(target_masks[chosen], self.k, self.size),
+            "reference_masks": _pad(reference_masks[chosen], self.k, self.size),
+            "valid": np.arange(self.k) < len(chosen),
+            "target_hw": full,
+            "reference_hw": full.copy(),
+            "is_instance": np.bool_(True),
+            "class_name": "",
+            "image_id": np.int64(example["image_id"]),
+        }
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        index = int(rng.integers(len(self.source)))
+        return self.episode(self.source[index], rng)
+
+
+def large_scale_jitter(rng, image, mask, size: int, scale_range, square: bool = False):
+    """Resize so the long side is round(r * size), r ~ U[scale_range) (or to an s x s square),
+    bilinearly for image and 0-255 mask, crop to at most size x size at a random offset, pad
+    bottom/right. -> image (S, S, 3), mask (S, S) float 0-255, valid (h, w)."""
+    s = int(round(rng.uniform(*scale_range) * size))
+    h, w = image.shape[:2]
+    if square:
+        nh = nw = s
+    else:
+        scale = min(s / h, s / w)
+        nh, nw = int(round(h * scale)), int(round(w * scale))
+    nh, nw = max(nh, 1), max(nw, 1)
+    image = resize(np.ascontiguousarray(image, np.float32), size=(nh, nw), axes=(0, 1))
+    mask = resize(np.ascontiguousarray(mask, np.float32), size=(nh, nw), axes=(0, 1))
+    ch, cw = min(size, nh), min(size, nw)
+    top, left = int(rng.integers(0, nh - ch + 1)), int(rng.integers(0, nw - cw + 1))
+    out_image = np.zeros((size, size, 3), np.float32)
+    out_mask = np.zeros((size, size), np.float32)
+    out_image[:ch, :cw] = image[top : top + ch, left : left + cw]
+    out_mask[:ch, :cw] = mask[top : top + ch, left : left + cw]
+    return out_image, out_mask, np.array([ch, cw], np.int32)
+
+
+class SemanticSampler:
+    """Semantic episodes from a semantic source (ADE20K, COCO-20i).
+
+    rule "class": class uniform over classes, then two of its images (COCO-semantic);
+    rule "image": image uniform, class uniform among its classes, then another image with it
+    (ADE20K). A reference must differ from the target unless the class occurs in one image only.
+    """
+
+    def __init__(self, source, class_names: Sequence[str], size: int, max_instances: int, rule: str,
+                 aug: SemanticAugment = SemanticAugment(), classes: Sequence[int] | None = None):
+        if rule not in ("class", "image"):
+            raise ValueError(f"rule must be 'class' or 'image', got {rule!r}")
+        self.source, self.names, self.size, self.k, self.rule, self.aug = source, list(class_names), size, max_instances, rule, aug
+        wanted = None if classes is None else set(classes)
+        self.images_of: dict[int, list[int]] = {}
+        self.classes_of: list[list[int]] = []
+        for i in tqdm(range(len(source)), desc="indexing classes", leave=False):
+            present = [int(c) for c in source[i]["classes"] if wanted is None or int(c) in wanted]
+            self.classes_of.append(present)
+            for c in present:
+                self.images_of.setdefault(c, []).append(i)
+        self.class_ids = sorted(self.images_of)
+        self.with_classes = [i for i, cs in enumerate(self.classes_of) if cs]
+        if not self.class_ids:
+            raise ValueError("no image of the semantic source contains a usable class")
+
+    def _pick(self, rng):
+        if self.rule == "class":
+            cls = self.class_ids[int(rng.integers(len(self.class_ids)))]
+            target = self.images_of[cls][int(rng.integers(len(self.images_of[cls])))]
+        else:
+            target = self.with_classes[int(rng.integers(len(self.with_classes)))]
+            cls = self.classes_of[target][int(rng.integers(len(self.classes_of[target])))]
+        pool = self.images_of[cls]
+        reference = target
+        if len(pool) > 1:
+            while reference == target:
+                reference = pool[int(rng.integers(len(pool)))]
+        return target, reference, cls
+
+    def _view(self, rng, example, cls, square=False):
+        data = decode_semantic(example)
+        image, mask = data["image"].astype(np.float32), (data["label"] == cls).astype(np.float32) * 255
+        if rng.random() < self.aug.flip_p:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        image, mask, hw = large_scale_jitter(rng, image, mask, self.size, self.aug.scale_range, square)
+        return image, mask > 127.5, hw
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        t, r, cls = self._pick(rng)
+        target, target_mask, target_hw = self._view(rng, self.source[t], cls)
+        reference, reference_mask, reference_hw = self._view(rng, self.source[r], cls, self.aug.square_reference)
+        return {
+            "target_image": target,
+            "reference_image": reference,
+            "target_masks": _pad(target_mask[None], self.k, self.size),
+            "reference_masks": _pad(reference_mask[None], self.k, self.size),
+            "valid": np.arange(self.k) < 1,
+            "target_hw": target_hw,
+            "reference_hw": reference_hw,
+            "is_instance": np.bool_(False),
+            "class_name": self.names[cls - 1],
+            "image_id": np.int64(t),
+        }
+
+
+def episode_stream(
+    samplers: Sequence[Sampler],
     *,
-    size: int,
-    max_instances: int,
-    batch_size: int,
+    batch_size: int | None,
     seed: int,
+    samples_per_epoch: int,
+    weights: Sequence[float] | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
     num_epochs: int | None = None,
-    aug: InstanceAugment = InstanceAugment(),
 ) -> grain.MapDataset:
-    """Batches of instance episodes from a random-access source (e.g. `sources.data_source`).
+    """Episodes from `samplers` chosen by `weights` (uniform by default), `samples_per_epoch`
+    per epoch over all shards, batched (drop remainder) unless batch_size is None."""
+    weights = np.full(len(samplers), 1.0 / len(samplers)) if weights is None else np.asarray(weights, np.float64)
+    if len(weights) != len(samplers) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per sampler, got {list(weights)} for {len(samplers)}")
+    p = weights / weights.sum()
+    if samples_per_epoch < shard_count:
+        raise ValueError(f"samples_per_epoch {samples_per_epoch} is smaller than the {shard_count} shards")
 
-    Each process reads its own shard (`shard_index` of `shard_count`, e.g. jax.process_index()
-    and jax.process_count()); the order is reshuffled every epoch; every random draw derives
-    from `seed` and the example's position, so the stream does not depend on worker counts.
-    """
-    if len(source) < shard_count:
-        raise ValueError(f"{len(source)} examples cannot be split into {shard_count} shards")
-    ds = grain.MapDataset.source(source).slice(slice(shard_index, None, shard_count))
-    ds = ds.repeat(num_epochs).seed(seed).shuffle()
-    ds = ds.random_map(lambda ex, rng: instance_episode(ex, rng, size, max_instances, aug))
-    return ds.batch(batch_size, drop_remainder=True)
+    def make(_, rng):
+        return samplers[int(rng.choice(len(samplers), p=p))].sample(rng)
+
+    # seeded before slicing, so that episode i's generator depends on its global position
+    ds = grain.MapDataset.range(samples_per_epoch).repeat(num_epochs).seed(seed).random_map(make)
+    ds = ds.slice(slice(shard_index, None, shard_count))
+    return ds if batch_size is None else ds.batch(batch_size, drop_remainder=True)
 
 
 def iterator(dataset: grain.MapDataset, workers: int = 0):

@@ -116,3 +116,56 @@ def write_coco2014(root, rng):
     with open(os.path.join(root, "annotations", "instances_train2014.json"), "w") as f:
         json.dump(data, f)
     return data
+
+
+def _palette_png(path, labels):
+    img = Image.fromarray(labels.astype(np.uint8), "P")
+    img.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * 756)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img.save(path)
+
+
+def write_fss(root, rng, classes=("hot_dog", "cat", "airliner", "bear")):
+    """FSS-1000 layout: <class>/N.jpg + N.png and splits/{trn,val,test}.txt."""
+    for cls in classes:
+        for n in range(1, 4):
+            _jpeg(os.path.join(root, cls, f"{n}.jpg"), rng, 20, 20)
+            mask = np.zeros((20, 20), np.uint8)
+            mask[n : n + 8, 3:15] = 255
+            Image.fromarray(mask).save(os.path.join(root, cls, f"{n}.png"))
+    os.makedirs(os.path.join(root, "splits"), exist_ok=True)
+    for name, part in (("trn", classes[:2]), ("val", classes[2:3]), ("test", classes[3:])):
+        with open(os.path.join(root, "splits", f"{name}.txt"), "w") as f:
+            f.write("\n".join(part) + "\n")
+
+
+def write_davis(root, rng, videos=("bear", "dogs")):
+    """DAVIS 2017 layout with palette masks, 4 frames per video, both videos in val."""
+    for v, video in enumerate(videos):
+        for t in range(4):
+            _jpeg(os.path.join(root, "JPEGImages", "480p", video, f"{t:05d}.jpg"), rng, 24, 32)
+            labels = np.zeros((24, 32), np.uint8)
+            labels[2 + t : 10 + t, 4:12] = 1
+            if v:
+                labels[12:20, 16 + t : 24 + t] = 2
+            _palette_png(os.path.join(root, "Annotations", "480p", video, f"{t:05d}.png"), labels)
+    os.makedirs(os.path.join(root, "ImageSets", "2017"), exist_ok=True)
+    with open(os.path.join(root, "ImageSets", "2017", "val.txt"), "w") as f:
+        f.write("\n".join(videos) + "\n")
+
+
+def write_youtube_vos(root, rng):
+    """YouTube-VOS 2018 valid layout: first-frame masks only, an object appearing later."""
+    video = "0a1b2c3d"
+    for t in range(0, 15, 5):
+        _jpeg(os.path.join(root, "valid", "JPEGImages", video, f"{t:05d}.jpg"), rng, 24, 32)
+    first = np.zeros((24, 32), np.uint8)
+    first[2:10, 4:12] = 1
+    _palette_png(os.path.join(root, "valid", "Annotations", video, "00000.png"), first)
+    later = np.zeros((24, 32), np.uint8)
+    later[12:20, 16:24] = 2
+    _palette_png(os.path.join(root, "valid", "Annotations", video, "00010.png"), later)
+    meta = {"videos": {video: {"objects": {"1": {"category": "dog", "frames": ["00000", "00005", "00010"]},
+                                           "2": {"category": "cat", "frames": ["00010"]}}}}}
+    with open(os.path.join(root, "valid", "meta.json"), "w") as f:
+        json.dump(meta, f)

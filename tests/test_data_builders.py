@@ -142,3 +142,61 @@ def test_ade20k_without_class_names_is_a_clear_error(tmp_path, rng, capsys):
     os.remove(tmp_path / "ade" / "objectInfo150.txt")
     assert build_cli.main(["ade20k_semantic", "--manual_dir", str(tmp_path / "ade"), "--data_dir", str(tmp_path / "data")]) == 1
     assert "objectInfo150.txt" in capsys.readouterr().err
+
+
+def _png_array(data):
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_fss1000_splits_by_class_lists(tmp_path, rng):
+    from fake_datasets import write_fss
+
+    write_fss(str(tmp_path / "fss"), rng)
+    assert build_cli.main(["fss1000", "--manual_dir", str(tmp_path / "fss"), "--data_dir", str(tmp_path / "data")]) == 0
+    counts = {}
+    for split, classes in (("train", {"hot_dog", "cat"}), ("val", {"airliner"}), ("test", {"bear"})):
+        source = data_source("fss1000", split, str(tmp_path / "data"))
+        names = {source[i]["class_name"].decode() for i in range(len(source))}
+        assert names == classes
+        counts[split] = len(source)
+        ex = source[0]
+        on_disk = np.asarray(Image.open(tmp_path / "fss" / ex["file_name"].decode().replace(".jpg", ".png")))
+        np.testing.assert_array_equal(_png_array(ex["mask"]), on_disk)
+    assert counts == {"train": 6, "val": 3, "test": 3}
+
+
+def test_davis_videos_keep_frames_and_palette_masks(tmp_path, rng):
+    from fake_datasets import write_davis
+
+    write_davis(str(tmp_path / "davis"), rng)
+    assert build_cli.main(["davis2017", "--manual_dir", str(tmp_path / "davis"), "--data_dir", str(tmp_path / "data")]) == 0
+    source = data_source("davis2017", "val", str(tmp_path / "data"))
+    videos = {source[i]["video"].decode(): source[i] for i in range(len(source))}
+    dogs = videos["dogs"]
+    assert [n.decode() for n in dogs["frame_names"]] == ["00000", "00001", "00002", "00003"]
+    labels = _png_array(dogs["masks"][2])
+    assert set(np.unique(labels)) == {0, 1, 2}
+    np.testing.assert_array_equal(labels, np.asarray(Image.open(tmp_path / "davis" / "Annotations/480p/dogs/00002.png")))
+
+
+def test_youtube_vos_keeps_late_objects_and_sparse_masks(tmp_path, rng):
+    from fake_datasets import write_youtube_vos
+
+    write_youtube_vos(str(tmp_path / "ytvos"), rng)
+    assert build_cli.main(["youtube_vos", "--manual_dir", str(tmp_path / "ytvos"), "--data_dir", str(tmp_path / "data")]) == 0
+    (ex,) = [data_source("youtube_vos", "valid", str(tmp_path / "data"))[0]]
+    assert [n.decode() for n in ex["frame_names"]] == ["00000", "00005", "00010"]
+    assert [n.decode() for n in ex["mask_frames"]] == ["00000", "00010"]
+    assert [int(i) for i in ex["objects"]["object_id"]] == [1, 2]
+    assert [f.decode() for f in ex["objects"]["first_frame"]] == ["00000", "00010"]
+
+
+def test_video_layout_errors_are_named(tmp_path, rng, capsys):
+    from fake_datasets import write_davis
+
+    write_davis(str(tmp_path / "davis"), rng)
+    os.remove(tmp_path / "davis" / "Annotations/480p/bear/00002.png")
+    assert build_cli.main(["davis2017", "--manual_dir", str(tmp_path / "davis"), "--data_dir", str(tmp_path / "data")]) == 1
+    assert "bear lacks the masks of frames ['00002']" in capsys.readouterr().err

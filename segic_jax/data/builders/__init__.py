@@ -1,8 +1,10 @@
 """TFDS builders for SEGIC's datasets, built from --manual_dir without TensorFlow."""
 
+from segic_jax.data.builders.fewshot import Fss1000
 from segic_jax.data.builders.instances import CocoInstances, LvisInstances
 from segic_jax.data.builders.semantic import Ade20kSemantic, Coco20iSemantic
 from segic_jax.data.builders.synthetic import SyntheticIncontext
+from segic_jax.data.builders.video import Davis2017, YoutubeVos
 
 BUILDERS = {
     "coco_instances": CocoInstances,
@@ -10,4 +12,7 @@ BUILDERS = {
     "synthetic_incontext": SyntheticIncontext,
     "ade20k_semantic": Ade20kSemantic,
     "coco20i_semantic": Coco20iSemantic,
+    "fss1000": Fss1000,
+    "davis2017": Davis2017,
+    "youtube_vos": YoutubeVos,
 }

@@ -1,0 +1,65 @@
+"""FSS-1000 as a TFDS dataset (array_record), split by the official class lists.
+
+Layout read from --manual_dir: one folder per class with N.jpg images and N.png masks
+(`<class>/1.jpg`, `<class>/1.png`, ...), and the class lists splits/{trn,val,test}.txt (HSNet's
+`data/splits/fss`, one class name per line; 520 / 240 / 240 classes).
+Each example: the encoded image, its mask PNG as on disk, the class name (folder name,
+underscores kept, as SEGIC prompts with it) and the file name.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from segic_jax.data.builders.common import LayoutError, read_bytes, require_dir, require_file
+
+SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
+
+
+class Fss1000(tfds.core.GeneratorBasedBuilder):
+    """FSS-1000."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+                    "mask": tfds.features.Tensor(shape=(), dtype=np.object_),
+                    "class_name": tfds.features.Text(),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of fss1000")
+        splits = {}
+        for split, name in SPLIT_FILES.items():
+            path = require_file(os.path.join(root, "splits", name), f"FSS-1000 {split} class list")
+            with open(path) as f:
+                splits[split] = [line.strip() for line in f if line.strip()]
+        return {split: self._generate_examples(root, classes) for split, classes in splits.items()}
+
+    def _generate_examples(self, root: str, classes: list[str]):
+        for cls in classes:
+            folder = require_dir(os.path.join(root, cls), f"images of FSS-1000 class {cls}")
+            images = sorted(f for f in os.listdir(folder) if f.lower().endswith(".jpg"))
+            if not images:
+                raise LayoutError(f"{folder} has no .jpg images")
+            for name in images:
+                stem = os.path.splitext(name)[0]
+                mask = require_file(os.path.join(folder, stem + ".png"), f"the mask of {cls}/{name}")
+                yield f"{cls}/{stem}", {
+                    "image": read_bytes(os.path.join(folder, name)),
+                    "mask": read_bytes(mask),
+                    "class_name": cls,
+                    "file_name": f"{cls}/{name}",
+                }

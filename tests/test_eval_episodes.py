@@ -1,0 +1,62 @@
+"""Fixed evaluation episode lists: deterministic, and following their protocols."""
+
+import numpy as np
+import pytest
+
+from fake_datasets import write_coco2014, write_fss, write_lvis
+from segic_jax.data import build as build_cli
+from segic_jax.data import eval_episodes
+from segic_jax.data.sources import data_source
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    write_fss(str(root / "fss"), rng, classes=("a_cls", "b_cls", "c_cls", "d_cls", "e_cls"))
+    write_lvis(str(root / "lvis"), rng)
+    for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis")):
+        assert build_cli.main([name, "--manual_dir", str(root / files), "--data_dir", str(root / "data")]) == 0
+    return str(root / "data")
+
+
+def test_fss_every_test_image_is_a_query_once(built):
+    source = data_source("fss1000", "test", built)
+    a = eval_episodes.fss1000(source, shots=2, seed=0)
+    assert sorted(e.query for e in a) == list(range(len(source)))
+    for e in a:
+        assert len(set(e.supports)) == 2 and e.query not in e.supports
+        assert {source[i]["class_name"] for i in e.supports} == {source[e.query]["class_name"]}
+    assert a == eval_episodes.fss1000(source, shots=2, seed=0)
+    assert a != eval_episodes.fss1000(source, shots=2, seed=1)
+    (query_image, query_mask), *supports = eval_episodes.query_and_supports("fss1000", source, a[0])
+    assert query_image.shape == (20, 20, 3) and query_mask.any() and len(supports) == 2
+    with pytest.raises(ValueError, match="fewer than the 3 shots"):
+        eval_episodes.fss1000(source, shots=3)
+
+
+def test_lvis92i_folds_use_categories_seen_in_several_images(built):
+    source = data_source("lvis_instances", "val", built)
+    episodes = eval_episodes.lvis92i(source, fold=0, episodes=50, seed=0)
+    assert len(episodes) == 50 and {e.class_id for e in episodes} == {1}  # categories [1, 2, 3][0::10]
+    for e in episodes:
+        assert e.query != e.supports[0]
+    (image, mask), (ref_image, ref_mask) = eval_episodes.query_and_supports("lvis92i", source, episodes[0])
+    assert mask.shape == image.shape[:2] and mask.any() and ref_mask.any()
+    assert {e.class_id for e in eval_episodes.lvis92i(source, fold=2, episodes=5)} == {3}
+    with pytest.raises(ValueError, match="no class of LVIS-92i fold 3"):
+        eval_episodes.lvis92i(source, fold=3, episodes=5)  # three categories fill folds 0..2 only
+
+
+def test_coco20i_folds_take_interleaved_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    write_coco2014(str(tmp_path / "coco14"), rng)
+    assert build_cli.main(["coco20i_semantic", "--manual_dir", str(tmp_path / "coco14"), "--data_dir", str(tmp_path / "data")]) == 0
+    source = data_source("coco20i_semantic", "train", str(tmp_path / "data"))
+    # class 6 (index 5, fold 1) is in both images; class 1 (fold 0) in one image only
+    episodes = eval_episodes.coco20i(source, fold=1, episodes=10, seed=0)
+    assert {e.class_id for e in episodes} == {6} and all(e.query != e.supports[0] for e in episodes)
+    with pytest.raises(ValueError, match="no class of COCO-20i fold 0 has 2 images"):
+        eval_episodes.coco20i(source, fold=0, episodes=10)
+    with pytest.raises(ValueError, match="fold must be 0..3"):
+        eval_episodes.coco20i(source, fold=4)

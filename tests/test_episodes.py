@@ -156,3 +156,35 @@ def test_crop_boxes_and_colour_ops(rng):
     masks = np.zeros((1, 4, 4), bool)
     masks[0, 1, 2] = True
     assert augment.resize_nearest(masks, (8, 8))[0].sum() == 4
+
+
+def test_worker_processes_give_the_same_stream(source):
+    ds = _stream([episodes.InstanceSampler(source[0], SIZE, K)], seed=5)
+    in_process = _take(ds, 3)
+    it = episodes.iterator(ds, workers=1)
+    for want in in_process:
+        _equal(next(it), want)
+
+
+def test_paper_mixture_from_the_four_built_datasets(tmp_path):
+    from fake_datasets import write_coco, write_coco2014, write_lvis
+
+    rng = np.random.default_rng(1)
+    data = str(tmp_path / "data")
+    write_coco2014(str(tmp_path / "coco14"), rng)
+    write_ade(str(tmp_path / "ade"), rng)
+    write_coco(str(tmp_path / "coco"), rng)
+    write_lvis(str(tmp_path / "lvis"), rng)
+    import os
+
+    os.rename(tmp_path / "lvis" / "lvis_v1_val.json", tmp_path / "lvis" / "lvis_v1_train.json")
+    for name, files in (("coco20i_semantic", "coco14"), ("ade20k_semantic", "ade"), ("coco_instances", "coco"), ("lvis_instances", "lvis")):
+        assert build_cli.main([name, "--manual_dir", str(tmp_path / files), "--data_dir", data]) == 0
+    samplers = episodes.mixture_samplers(data, SIZE, K)
+    ds = episodes.episode_stream(samplers, batch_size=4, seed=0, samples_per_epoch=40, num_epochs=1)
+    batches = list(episodes.iterator(ds))
+    assert len(batches) == 10
+    kinds = np.concatenate([b["is_instance"] for b in batches])
+    assert 0 < kinds.mean() < 1  # semantic and instance episodes mixed
+    names = {n for b in batches for n in b["class_name"]}
+    assert "" in names and names - {""}  # instance episodes carry no class name, semantic ones do

@@ -226,5 +226,36 @@ def iterator(dataset: grain.MapDataset, workers: int = 0):
     """A checkpointable iterator (`get_state` / `set_state`), with `workers` processes if > 0."""
     it_ds = dataset.to_iter_dataset()
     if workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use defaults
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(it_ds)
+
+
+# The reference's training mixture (SEGIC_SPEC.md 4.2): dataset, split, kind, sampling rule.
+PAPER_MIXTURE = (
+    ("coco20i_semantic", "train", "semantic", "class"),
+    ("ade20k_semantic", "train", "semantic", "image"),
+    ("coco_instances", "train", "instance", None),
+    ("lvis_instances", "train", "instance", None),
+)
+
+
+def mixture_samplers(data_dir: str, size: int, max_instances: int, parts=PAPER_MIXTURE,
+                     semantic_aug: SemanticAugment = SemanticAugment(),
+                     instance_aug: InstanceAugment = InstanceAugment()) -> list[Sampler]:
+    """One sampler per (dataset, split, kind, rule) of `parts`, from datasets built in `data_dir`."""
+    from segic_jax.data.sources import class_names, data_source
+
+    samplers = []
+    for name, split, kind, rule in parts:
+        source = data_source(name, split, data_dir)
+        if kind == "semantic":
+            samplers.append(SemanticSampler(source, class_names(name, data_dir), size, max_instances, rule, semantic_aug))
+        elif kind == "instance":
+            samplers.append(InstanceSampler(source, size, max_instances, instance_aug))
+        else:
+            raise ValueError(f"unknown episode kind {kind!r} for {name}")
+    return samplers

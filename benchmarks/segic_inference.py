@@ -40,7 +40,9 @@ ARCH_DIMS = {"vits14": 384, "vitb14": 768, "vitl14": 1024, "vitg14": 1536}
 
 def load_original(path: str):
     """Import the original's model code from a checkout, with stand-ins for unused imports."""
-    import transformers  # noqa: F401  (must see the real torchvision state before the stand-ins)
+    import importlib
+
+    importlib.import_module("transformers")  # must see the real torchvision state before the stand-ins
     import transformers.models.vit_mae.modeling_vit_mae as mae
 
     class Unused:

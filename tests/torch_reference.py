@@ -218,8 +218,9 @@ class TorchSegicHead(torch.nn.Module):
         randomize_(self, seed + 1)
 
     @torch.no_grad()
-    def decode_one(self, target_feat, ref_feats, text):
-        """target_feat (C, h, w); ref_feats (k, C); text (Ct,) -> logits (k, S, S), sim (k, S, S), points (k, 2)."""
+    def decode_one(self, target_feat, ref_feats, text, boxes=None, cross=True):
+        """target_feat (C, h, w); ref_feats (k, C); text (Ct,) -> logits (k, S, S), sim (k, S, S), points (k, 2).
+        Training-time variants: boxes (k, 4) xyxy box prompts; cross=False for the own token only."""
         s, k = self.image_size, ref_feats.shape[0]
         up = F.interpolate(target_feat[None], size=(s // 4, s // 4), mode="bilinear", align_corners=False)[0]
         up = up / up.norm(dim=0, keepdim=True).clamp(min=1e-8)
@@ -229,11 +230,13 @@ class TorchSegicHead(torch.nn.Module):
         idx = sim.flatten(1).argmax(dim=1)
         points = torch.stack([idx % s, idx // s], dim=-1).float()[:, None]  # (k, 1, 2) as (x, y)
         inst = self.inst_proj(ref_feats)[:, None]  # (k, 1, 256)
-        cross = inst.flatten(0, 1)[None].expand(k, -1, -1)
-        types = torch.eye(k, dtype=torch.long)
-        cross = cross + self.inst_type_embed(types)
-        texts = torch.cat([self.prompt_proj(text)[None, None].expand(k, 1, -1), cross], dim=1)
-        sparse, dense = self.prompt_encoder(points=(points, torch.ones(k, 1)), boxes=None, masks=sim)
+        if cross:
+            tokens = inst.flatten(0, 1)[None].expand(k, -1, -1)
+            tokens = tokens + self.inst_type_embed(torch.eye(k, dtype=torch.long))
+        else:
+            tokens = inst
+        texts = torch.cat([self.prompt_proj(text)[None, None].expand(k, 1, -1), tokens], dim=1)
+        sparse, dense = self.prompt_encoder(points=(points, torch.ones(k, 1)), boxes=boxes, masks=sim)
         sparse = torch.cat([sparse, texts], dim=1)
         low, _ = self.mask_decoder(
             image_embeddings=self.neck(target_feat[None]), image_pe=self.prompt_encoder.get_dense_pe(),

@@ -31,6 +31,8 @@ EOS_TOKEN = "<|endoftext|>"
 
 @dataclasses.dataclass(frozen=True)
 class ClipTextConfig(ModelConfig):
+    """Defaults: openai/clip-vit-large-patch14's text tower, the one SEGIC uses."""
+
     NAME = "CLIP text"
 
     vocab_size: int = 49408
@@ -42,9 +44,6 @@ class ClipTextConfig(ModelConfig):
     eos_token_id: int = 49407
     layer_norm_eps: float = 1e-5
 
-
-# openai/clip-vit-large-patch14, the text encoder SEGIC uses.
-CLIP_VIT_L14 = ClipTextConfig()
 
 
 class ClipTextOutput(NamedTuple):

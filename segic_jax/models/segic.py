@@ -58,6 +58,7 @@ class Neck(nnx.Module):
 
 class Decoded(NamedTuple):
     logits: jax.Array  # (B, K, S, S) mask logits at the model input size; > 0 is foreground
+    low_res: jax.Array  # (B, K, S/3.5, S/3.5) the decoder's own logits, on which the loss is taken
     similarity: jax.Array  # (B, K, S, S) propagated masks (cosine similarity)
     points: jax.Array  # (B, K, 2) point prompts, (x, y) pixels
 
@@ -100,42 +101,66 @@ class SegicHead(nnx.Module):
         reference_features: jax.Array,
         valid: jax.Array,
         text_features: jax.Array,
+        boxes: jax.Array | None = None,
+        use_box: jax.Array | None = None,
+        cross: jax.Array | None = None,
     ) -> Decoded:
-        """Segment each target once per reference instance (inference path: no box, cross-instance on).
+        """Segment each target once per reference instance.
 
         target_features (B, h, w, Cv): DINOv2 patch tokens of the targets.
         reference_features (B, K, Cv): masked-mean reference features, valid ones first.
         valid (B, K) bool: which instances are real.
         text_features (B, K, Ct): CLIP pooled text per row (the target's prompt for instances,
             each class's prompt in semantic mode).
+        Training-time prompts, per target (default: inference, no box and cross-instance tokens):
+        boxes (B, K, 4) xyxy box prompts used where use_box (B,) is set (then without SAM's padding
+        point); cross (B,) bool: all instances' tokens with the type embedding, else only the
+        row's own token without it.
+
+        Rows differ in how many sparse tokens they have; every row holds the same candidate
+        slots, the unused ones are moved to the end and masked out of attention. Token order
+        does not change SAM's decoder output (its attention is over the set of tokens).
         """
         cfg = self.cfg
         b, k, _ = reference_features.shape
-        s = cfg.image_size
+        s, d, rows = cfg.image_size, cfg.dim, b * k
+        use_box = jnp.zeros((b,), bool) if use_box is None else use_box
+        cross = jnp.ones((b,), bool) if cross is None else cross
+        boxes = jnp.zeros((b, k, 4), jnp.float32) if boxes is None else boxes
+
         sim = similarity_maps(target_features, reference_features, (s // 4, s // 4), (s, s))
         points = peak_points(sim)  # (B, K, 2)
+        inst = self.inst_proj(reference_features.astype(self.dtype)).astype(jnp.float32)  # (B, K, D)
+        cross_tokens = cross_instance_tokens(inst, self.inst_type_embed.embedding[...])  # (B, K, K, D)
+        text = self.prompt_proj(text_features.astype(self.dtype)).astype(jnp.float32)  # (B, K, D)
 
-        inst = self.inst_proj(reference_features.astype(self.dtype))  # (B, K, D)
-        inst = cross_instance_tokens(inst, self.inst_type_embed.embedding[...])  # (B, K, K, D)
-        text = self.prompt_proj(text_features.astype(self.dtype))[:, :, None]  # (B, K, 1, D)
-        texts = jnp.concatenate([text, inst.astype(text.dtype)], axis=2).reshape(b * k, 1 + k, cfg.dim)
-
-        rows = b * k
-        sparse, dense = self.prompt_encoder(
-            (points.reshape(rows, 1, 2), jnp.ones((rows, 1), jnp.int32)),
-            None,
-            (sim / cfg.tau).reshape(rows, s, s),
-            texts,
+        pe = self.prompt_encoder
+        point_and_pad = pe.embed_points(points.reshape(rows, 1, 2), jnp.ones((rows, 1), jnp.int32), pad=True)
+        candidates = jnp.concatenate(
+            [
+                point_and_pad,  # point, padding point
+                pe.embed_boxes(boxes.reshape(rows, 4)),  # two box corners
+                text.reshape(rows, 1, d),
+                cross_tokens.reshape(rows, k, d),
+                inst.reshape(rows, 1, d),  # own token, without type embedding
+            ],
+            axis=1,
         )
-        # point + padding point + text + the valid instance tokens
-        lengths = jnp.repeat(3 + valid.sum(axis=1), k)
-        image = self.neck(target_features.astype(self.dtype))  # (B, g, g, D)
-        image = jnp.repeat(image, k, axis=0)
-        masks, _ = self.mask_decoder(image, self.prompt_encoder.dense_pe(), sparse, dense, lengths)
+        per_row = lambda x: jnp.repeat(x, k, axis=0)
+        ub, cr = per_row(use_box)[:, None], per_row(cross)[:, None]
+        ones = jnp.ones((rows, 1), bool)
+        real = jnp.concatenate([ones, ~ub, ub, ub, ones, cr & per_row(valid), ~cr], axis=1)
+        order = jnp.argsort(~real, axis=1, stable=True)
+        sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
+        dense = pe.mask_downscaling((sim / cfg.tau).reshape(rows, s, s)).astype(jnp.float32)
+
+        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
+        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
         low_res = masks[:, 0]  # mask token 0: single-mask output
         logits = resize(low_res, scale_factor=s / low_res.shape[-1], method="bilinear", axes=(-2, -1))
         return Decoded(
             logits=logits.reshape(b, k, s, s),
+            low_res=low_res.reshape((b, k) + low_res.shape[1:]),
             similarity=sim,
             points=points,
         )

@@ -1,0 +1,112 @@
+"""One SEGIC training step (SEGIC_SPEC.md sections 1.2, 2.4, 2.5, 3): frozen encoders, two
+decoding passes with reverse context, point-sampled loss, AdamW on the head only.
+
+The encoders run without gradients (in their own compute dtype, bf16 for speed); text features
+come from a table computed once for every prompt the episodes can use (`text_table`), so CLIP
+does not run in the step. Per target, with probability 0.5 each, the ground-truth box is given as
+a prompt and the cross-instance tokens are used. Pass B swaps roles: the reference image becomes
+the target, and the pass-A prediction (> 0) on the original target becomes the reference mask.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from segic_jax.models.segic import SegicHead
+from segic_jax.ops.boxes import mask_boxes
+from segic_jax.ops.correspondence import masked_mean_features
+from segic_jax.ops.image import normalize_images
+from segic_jax.ops.resize import resize
+from segic_jax.training import losses
+
+# The single-mask head never reads these outputs, so they get no gradient in the reference and
+# AdamW leaves them untouched there (no weight decay either); the same here.
+NO_GRADIENT = ("mask_decoder.output_hypernetworks_mlps.1", "mask_decoder.output_hypernetworks_mlps.2",
+               "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head")
+
+
+def optimizer(learning_rate, weight_decay: float = 1e-4) -> optax.GradientTransformation:
+    """AdamW (betas 0.9/0.999, eps 1e-8) over every trainable parameter except NO_GRADIENT ones."""
+    adamw = optax.adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+
+    def labels(params):
+        def label(path, _):
+            name = ".".join(str(getattr(k, "key", k)) for k in path)
+            return "fixed" if name.startswith(NO_GRADIENT) else "trained"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"trained": adamw, "fixed": optax.set_to_zero()}, labels)
+
+
+def step_decay_schedule(base: float, steps_per_epoch: int, drop_epoch: int = 10, factor: float = 0.1):
+    """The reference's StepLR(step_size=10, gamma=0.1), stepped per epoch."""
+    return optax.piecewise_constant_schedule(base, {steps_per_epoch * drop_epoch: factor})
+
+
+class StepOutput(NamedTuple):
+    loss: jax.Array
+    loss_mask: jax.Array
+    loss_dice: jax.Array
+    loss_reverse: jax.Array
+
+
+def _features(encoder, images, hw):
+    return jax.lax.stop_gradient(encoder(normalize_images(images, hw)).patch_tokens.astype(jnp.float32))
+
+
+def _pass(head: SegicHead, key, target_feats, ref_inst, valid, text, target_masks):
+    b = target_feats.shape[0]
+    k_box, k_cross, k_loss = jax.random.split(key, 3)
+    use_box = jax.random.uniform(k_box, (b,)) > 0.5
+    cross = jax.random.uniform(k_cross, (b,)) > 0.5
+    out = head.decode(target_feats, ref_inst, valid, text, mask_boxes(target_masks), use_box, cross)
+    n = out.low_res.shape[0] * out.low_res.shape[1]
+    loss = losses.mask_loss(
+        k_loss, out.low_res.reshape((n,) + out.low_res.shape[2:]),
+        target_masks.reshape((n,) + target_masks.shape[2:]), valid.reshape(n),
+    )
+    return loss, out.low_res
+
+
+def loss_fn(head: SegicHead, encoder, text_table, batch: dict, key) -> StepOutput:
+    """batch: an episode batch (segic_jax.data.episodes) plus `target_prompt` / `reference_prompt`
+    (B,) int indices into `text_table` (V, Ct)."""
+    t_feats = _features(encoder, batch["target_image"], batch["target_hw"])
+    r_feats = _features(encoder, batch["reference_image"], batch["reference_hw"])
+    valid = batch["valid"]
+    k = valid.shape[1]
+    text_a = jnp.repeat(text_table[batch["target_prompt"]][:, None], k, axis=1)
+    text_b = jnp.repeat(text_table[batch["reference_prompt"]][:, None], k, axis=1)
+    key_a, key_b = jax.random.split(key)
+
+    ref_inst = masked_mean_features(r_feats, batch["reference_masks"])
+    loss_a, low_res = _pass(head, key_a, t_feats, ref_inst, valid, text_a, batch["target_masks"])
+    size = batch["target_masks"].shape[-1]
+    predicted = resize(jax.lax.stop_gradient(low_res), size=(size, size), axes=(-2, -1)) > 0
+    pseudo_inst = masked_mean_features(t_feats, predicted)
+    loss_b, _ = _pass(head, key_b, r_feats, pseudo_inst, valid, text_b, batch["reference_masks"])
+    return StepOutput(
+        loss=(loss_a.total + loss_b.total) / 2, loss_mask=loss_a.loss_mask, loss_dice=loss_a.loss_dice,
+        loss_reverse=loss_b.total,
+    )
+
+
+def train_step(head_graph, encoder_graph, tx: optax.GradientTransformation, params, rest, opt_state,
+               encoder_state, text_table, batch, key):
+    """One update of the head's trainable parameters. Pure: (params, opt_state) in and out, so
+    jit can donate them. `rest` holds the head's non-trained variables (the PE buffer)."""
+    encoder = nnx.merge(encoder_graph, encoder_state)
+
+    def objective(p):
+        out = loss_fn(nnx.merge(head_graph, p, rest), encoder, text_table, batch, key)
+        return out.loss, out
+
+    (_, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, out

@@ -137,7 +137,7 @@ def test_training_prompts_match_the_reference_row_by_row(small_heads, rng):
         for j in range(k):
             y, x = rng.integers(0, 80, 2)
             masks[i, j, y : y + 20, x : x + 25] = True
-    boxes = np.asarray(mask_boxes(jnp.asarray(masks)))
+    boxes = np.array(mask_boxes(jnp.asarray(masks)))  # writable, for torch.from_numpy
     use_box = np.array([True, False, True, False])
     cross = np.array([True, True, False, False])
     out = ours.decode(jnp.asarray(feats), jnp.asarray(refs), jnp.asarray(valid), jnp.asarray(np.repeat(text[:, None], k, 1)),

@@ -21,18 +21,17 @@ def build(name: str, manual_dir: str | None, data_dir: str):
     """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny)."""
     import tensorflow_datasets as tfds
 
-    from segic_jax.data.builders import BUILDERS
+    from segic_jax.data.builders import builder_class
     from segic_jax.data.builders.common import require_dir
 
+    builder_cls = builder_class(name)
     dataset, _, config = name.partition("/")
-    if dataset not in BUILDERS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
     if dataset not in NEEDS_NO_FILES:
         if not manual_dir:
             raise ValueError(f"{dataset} is built from your files: give --manual_dir")
         require_dir(manual_dir, f"--manual_dir of {dataset}")
     kwargs = {"config": config} if config else {}
-    builder = BUILDERS[dataset](data_dir=data_dir, file_format="array_record", **kwargs)
+    builder = builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=download_config)
     return builder

@@ -14,10 +14,9 @@ def data_source(name: str, split: str, data_dir: str):
     """`name` is a dataset, optionally with its config: synthetic_incontext/tiny."""
     import tensorflow_datasets as tfds
 
-    from segic_jax.data.builders import BUILDERS  # registers the builders with TFDS
+    from segic_jax.data.builders import builder_class
 
-    if name.partition("/")[0] not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    builder_class(name)  # checks the name and registers the builders with TFDS
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for a dataset that is not there
@@ -53,10 +52,9 @@ def class_names(name: str, data_dir: str) -> list[str]:
     """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
     import tensorflow_datasets as tfds
 
-    from segic_jax.data.builders import BUILDERS  # registers the builders with TFDS
+    from segic_jax.data.builders import builder_class
 
-    if name.partition("/")[0] not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+    builder_class(name)  # checks the name and registers the builders with TFDS
     return list(tfds.builder(name, data_dir=data_dir).info.metadata["class_names"])
 
 

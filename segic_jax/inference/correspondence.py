@@ -21,7 +21,6 @@ from segic_jax import files, visualize
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.models import dinov2
 from segic_jax.ops.correspondence import masked_mean_features, peak_points, similarity_maps
-from segic_jax.ops.image import normalize_images
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -40,7 +39,7 @@ def build_encoder(config) -> tuple[dinov2.Dinov2, str]:
 def propagate(encoder: dinov2.Dinov2, images: jax.Array, ref_mask: jax.Array):
     """images (2, S, S, 3) uint8 [reference, target]; ref_mask (S, S) -> (S, S) map, (x, y) peak."""
     size = images.shape[1]
-    feats = encoder(normalize_images(images)).patch_tokens  # (2, h, w, C)
+    feats = dinov2.patch_features(encoder, images)  # (2, h, w, C)
     vec = masked_mean_features(feats[:1], ref_mask[None, None])  # (1, 1, C)
     sim = similarity_maps(feats[1:], vec, (size // 4, size // 4), (size, size))[0, 0]
     return sim, peak_points(sim)

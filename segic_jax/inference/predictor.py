@@ -32,7 +32,6 @@ from segic_jax.data.images import fit_to_model
 from segic_jax.models import clip_text, dinov2
 from segic_jax.models.segic import SegicHead
 from segic_jax.ops.correspondence import masked_feature_sums
-from segic_jax.ops.image import normalize_images
 from segic_jax.ops.resize import resize
 
 INSTANCE_PROMPT = "please segment the instances"
@@ -124,16 +123,19 @@ class Predictor:
         return np.stack(batch), np.asarray(valid, np.int32)
 
     def _features(self, images: np.ndarray, valid_hw: np.ndarray) -> jax.Array:
-        """(N, S, S, 3) float pixels -> (N, h, w, C) patch features, in fixed-size batches."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk, hw = images[start : start + self.batch_size], valid_hw[start : start + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:  # pad the last batch so it reuses the compiled program
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
-                hw = np.concatenate([hw, np.repeat(hw[-1:], self.batch_size - n, 0)])
-            out.append(_encode(self._encoder[0], self._precision, self._encoder[1], jnp.asarray(chunk), jnp.asarray(hw))[:n])
-        return jnp.concatenate(out)
+        """(N, S, S, 3) float pixels -> patch features (N', h, w, C), N' = N rounded up to whole
+        batches: the last batch is padded with copies of its last image so that it reuses the
+        compiled program, and the padding is returned too (callers keep the first N)."""
+        pad = -len(images) % self.batch_size
+        if pad:
+            images = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
+            valid_hw = np.concatenate([valid_hw, np.repeat(valid_hw[-1:], pad, 0)])
+        graphdef, state = self._encoder
+        return jnp.concatenate([
+            _encode(graphdef, self._precision, state, jnp.asarray(images[i : i + self.batch_size]),
+                    jnp.asarray(valid_hw[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ])
 
     def _text(self, prompts: Sequence[str]) -> np.ndarray:
         missing = sorted({p for p in prompts if p not in self._text_cache})
@@ -176,7 +178,7 @@ class Predictor:
             raise ValueError(f"{len(class_names)} class names for {k} concepts")
 
         pixels, valid_hw = self._prepare(images)
-        feats = self._features(pixels, valid_hw)
+        feats = self._features(pixels, valid_hw)[: len(images)]
         # The reference resizes masks as 0-255 floats and binarises them at the model size.
         fitted = np.stack([np.stack([fit_to_model(mm.astype(np.float32) * 255, self.image_size)[0] for mm in m]) for m in masks])
         fitted = (fitted > 127.5).astype(np.float32) if binarize else fitted / 255.0  # (N, K, S, S)
@@ -202,10 +204,7 @@ class Predictor:
         for start in range(0, len(targets), self.batch_size):
             batch = list(targets[start : start + self.batch_size])
             pixels, valid_hw = self._prepare(batch)
-            n = len(batch)
-            feats = self._features(pixels, valid_hw)
-            if n < self.batch_size:
-                feats = jnp.concatenate([feats, jnp.repeat(feats[-1:], self.batch_size - n, 0)])
+            feats = self._features(pixels, valid_hw)  # a whole batch, padded if short
             b = feats.shape[0]
             out = _decode(
                 self._head[0],
@@ -234,7 +233,7 @@ class Predictor:
 def _encode(graphdef, precision, state, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:
     with jax.default_matmul_precision(precision):
         encoder = nnx.merge(graphdef, state)
-        return encoder(normalize_images(pixels, valid_hw)).patch_tokens.astype(jnp.float32)
+        return dinov2.patch_features(encoder, pixels, valid_hw)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

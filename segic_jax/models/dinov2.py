@@ -21,6 +21,7 @@ from flax import nnx
 from segic_jax import checkpoints
 from segic_jax.models.config import ModelConfig
 from segic_jax.ops.attention import multi_head_attention
+from segic_jax.ops.image import normalize_images
 from segic_jax.ops.resize import resize, scaled_size
 
 
@@ -230,6 +231,12 @@ class Dinov2(nnx.Module):
             cls_token=x[:, 0],
             register_tokens=x[:, 1 : 1 + r],
         )
+
+
+def patch_features(encoder: Dinov2, pixels: jax.Array, valid_hw: jax.Array | None = None) -> jax.Array:
+    """SEGIC's encoder input and output: pixels in [0, 255] (B, H, W, 3), normalised with the
+    padding beyond `valid_hw` (B, 2) zeroed, -> float32 patch features (B, H/14, W/14, C)."""
+    return encoder(normalize_images(pixels, valid_hw)).patch_tokens.astype(jnp.float32)
 
 
 def load(path: str, *, dtype=jnp.float32) -> Dinov2:

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from segic_jax.models.dinov2 import patch_features
 from segic_jax.models.segic import SegicHead
 from segic_jax.ops.boxes import mask_boxes
 from segic_jax.ops.correspondence import masked_mean_features
-from segic_jax.ops.image import normalize_images
 from segic_jax.ops.resize import resize
 from segic_jax.training import losses
 
@@ -57,7 +57,7 @@ class StepOutput(NamedTuple):
 
 
 def _features(encoder, images, hw):
-    return jax.lax.stop_gradient(encoder(normalize_images(images, hw)).patch_tokens.astype(jnp.float32))
+    return jax.lax.stop_gradient(patch_features(encoder, images, hw))
 
 
 def _pass(head: SegicHead, key, target_feats, ref_inst, valid, text, target_masks):

@@ -16,3 +16,11 @@ BUILDERS = {
     "davis2017": Davis2017,
     "youtube_vos": YoutubeVos,
 }
+
+
+def builder_class(name: str):
+    """The builder of `name`, a dataset optionally followed by its config (synthetic_incontext/tiny)."""
+    dataset = name.partition("/")[0]
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
+    return BUILDERS[dataset]

@@ -21,7 +21,7 @@ from segic_jax.data import rle
 from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file
 
 
-def _features():
+def instance_features():
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # encoded bytes, decoded by the pipeline
@@ -50,7 +50,7 @@ class _InstanceJson(tfds.core.GeneratorBasedBuilder):
     SPLITS: dict[str, str] = {}  # split -> annotation file, relative to manual_dir
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=_features())
+        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=instance_features())
 
     def _image_path(self, root: str, split: str, image: dict) -> str:
         raise NotImplementedError

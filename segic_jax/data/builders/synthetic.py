@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segic_jax.data import rle, synthetic
-from segic_jax.data.builders.instances import _features
+from segic_jax.data.builders.instances import instance_features
 
 
 @dataclasses.dataclass
@@ -36,7 +36,7 @@ class SyntheticIncontext(tfds.core.GeneratorBasedBuilder):
     ]
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=_features())
+        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=instance_features())
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config

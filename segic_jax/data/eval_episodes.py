@@ -11,6 +11,10 @@ seed always gives the same list, so runs and hosts agree on what is evaluated.
             image, sorted by id, fold = categories[f::10]; 2300 episodes chosen as the SEGIC code
             does (class uniform, then a query image of it, then supports), except that a support
             is never the query (the reference's `_get_ref_cid` bug is not reproduced).
+  synthetic one-shot (or k-shot) episodes on synthetic_incontext's test split, whose classes are
+            all held out from training: chosen like lvis92i over every class of the split.
+  ade20k    the semantic protocol: every val image once (or a seeded subset); the references are
+            one training image per class (`ade20k_references`).
   davis2017 every val video once (the first frame is the context).
 k-shot: `shots` supports, all different and different from the query.
 """
@@ -59,6 +63,13 @@ def _class_first(images_of, classes, episodes, shots, seed, what):
     return out
 
 
+def subset(count: int, episodes: int, seed: int) -> list[int]:
+    """All of range(count), or a seeded sorted sample of `episodes` of them when 0 < episodes < count."""
+    if not 0 < episodes < count:
+        return list(range(count))
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(count, episodes, replace=False))
+
+
 def coco20i(source, fold: int, shots: int = 1, episodes: int = 1000, seed: int = 0) -> list[Episode]:
     if fold not in range(4):
         raise ValueError(f"COCO-20i fold must be 0..3, got {fold}")
@@ -75,6 +86,41 @@ def lvis92i(source, fold: int, shots: int = 1, episodes: int = 2300, seed: int =
     return _class_first(images_of, categories[fold::10], episodes, shots, seed + fold, f"LVIS-92i fold {fold}")
 
 
+def synthetic(source, shots: int = 1, episodes: int = 1000, seed: int = 0) -> list[Episode]:
+    images_of = _index([source[i]["objects"]["category_id"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
+    return _class_first(images_of, sorted(images_of), episodes, shots, seed, "the synthetic test split")
+
+
+def ade20k_references(source, seed: int = 0, min_area: float = 0.05) -> dict[int, int]:
+    """One training image per class for the semantic evaluation: {class id: index into `source`}.
+
+    SEGIC's references are Stable-Diffusion images that were never released; this picks real
+    training images by a fixed rule instead. For each class, its training images are visited in a
+    seeded random order (seed `[seed, class]`, so one class's pick does not depend on the others')
+    and the first where the class covers at least `min_area` of the pixels is taken, so that the
+    reference shows the class and not a sliver of it; when none does, the one where it covers the
+    most (the first of those in that order)."""
+    images_of = _index([source[i]["classes"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
+    fraction: dict[int, np.ndarray] = {}  # index -> fraction of its pixels per class id
+
+    def covered(index: int, class_id: int) -> float:
+        if index not in fraction:
+            label = decode_semantic(source[index])["label"]
+            fraction[index] = np.bincount(label.ravel(), minlength=256) / label.size
+        return float(fraction[index][class_id])
+
+    picks = {}
+    for class_id, images in sorted(images_of.items()):
+        order = np.random.default_rng([seed, class_id]).permutation(images)
+        areas = []
+        for index in order:
+            areas.append(covered(int(index), class_id))
+            if areas[-1] >= min_area:
+                break
+        picks[class_id] = int(order[int(np.argmax(areas))])
+    return picks
+
+
 def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
     names = [source[i]["class_name"] for i in range(len(source))]
     classes = sorted(set(names))
@@ -88,22 +134,31 @@ def davis2017(source) -> list[int]:
     return list(range(len(source)))
 
 
+class Item(NamedTuple):
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool, the class's pixels
+    void: np.ndarray | None  # (H, W) bool, pixels that are not scored (label 255), or None
+    name: str | None  # the class name, when the example records it
+
+
+def decode_item(kind: str, example: dict, class_id: int) -> Item:
+    """One image of an episode at its own resolution: pixels of the class (semantic), the union of
+    its instances (LVIS, synthetic), or mask > 128 (FSS-1000)."""
+    if kind == "coco20i":
+        data = decode_semantic(example)
+        return Item(data["image"], data["label"] == class_id, data["label"] == 255, None)
+    if kind in ("lvis92i", "synthetic"):
+        data = decode_instances(example)
+        of_class = data["category_ids"] == class_id
+        name = data["category_names"][int(np.flatnonzero(of_class)[0])] if of_class.any() else None
+        return Item(data["image"], data["masks"][of_class].any(0), None, name)
+    if kind == "fss1000":
+        mask = decode_image(example["mask"])[..., 0] > 128
+        name = example["class_name"]
+        return Item(decode_image(example["image"]), mask, None, name.decode() if isinstance(name, bytes) else name)
+    raise ValueError(f"unknown episode kind {kind!r}")
+
+
 def query_and_supports(kind: str, source, episode: Episode) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(image uint8 (H, W, 3), mask bool (H, W))] for the query, then each support, at their own
-    resolution: pixels of the class (semantic), the union of its instances (LVIS), or mask > 128
-    (FSS-1000)."""
-    out = []
-    for index in (episode.query, *episode.supports):
-        ex = source[index]
-        if kind == "coco20i":
-            data = decode_semantic(ex)
-            out.append((data["image"], data["label"] == episode.class_id))
-        elif kind == "lvis92i":
-            data = decode_instances(ex)
-            out.append((data["image"], data["masks"][data["category_ids"] == episode.class_id].any(0)))
-        elif kind == "fss1000":
-            mask = decode_image(ex["mask"])[..., 0] > 128
-            out.append((decode_image(ex["image"]), mask))
-        else:
-            raise ValueError(f"unknown episode kind {kind!r}")
-    return out
+    """[(image uint8 (H, W, 3), mask bool (H, W))] for the query, then each support (`decode_item`)."""
+    return [decode_item(kind, source[i], episode.class_id)[:2] for i in (episode.query, *episode.supports)]

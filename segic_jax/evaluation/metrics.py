@@ -19,6 +19,15 @@ from typing import NamedTuple
 import numpy as np
 
 
+def confusion(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> np.ndarray:
+    """(4,) int64 pixel counts [fg intersection, fg union, bg intersection, bg union] of binary
+    (H, W) masks; pixels where `void` is set count for neither."""
+    keep = np.ones(gt.shape, bool) if void is None else ~void
+    pred, gt = pred.astype(bool) & keep, gt.astype(bool) & keep
+    pred_bg, gt_bg = ~pred & keep, ~gt & keep
+    return np.array([(pred & gt).sum(), (pred | gt).sum(), (pred_bg & gt_bg).sum(), (pred_bg | gt_bg).sum()], np.int64)
+
+
 class IoUMeter:
     """Per-class foreground/background intersection and union, summed over episodes."""
 
@@ -29,13 +38,11 @@ class IoUMeter:
         self.bg_u: dict[int, float] = {}
 
     def add(self, class_id: int, pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> None:
-        keep = np.ones_like(gt, bool) if void is None else ~void
-        pred, gt = pred.astype(bool) & keep, gt.astype(bool) & keep
-        pred_bg, gt_bg = ~pred & keep, ~gt & keep
-        for table, value in (
-            (self.fg_i, (pred & gt).sum()), (self.fg_u, (pred | gt).sum()),
-            (self.bg_i, (pred_bg & gt_bg).sum()), (self.bg_u, (pred_bg | gt_bg).sum()),
-        ):
+        self.add_counts(class_id, confusion(pred, gt, void))
+
+    def add_counts(self, class_id: int, counts) -> None:
+        """Add one episode's `confusion` counts of a class."""
+        for table, value in zip((self.fg_i, self.fg_u, self.bg_i, self.bg_u), counts):
             table[class_id] = table.get(class_id, 0.0) + float(value)
 
     def class_iou(self) -> dict[int, float]:

@@ -55,12 +55,32 @@ class Context:
     def size(self) -> int:
         return self.features.shape[0]
 
+    @classmethod
+    def concatenate(cls, contexts: Sequence["Context"]) -> "Context":
+        """One context holding every concept of `contexts`, in order (encode each once, combine per
+        target: the semantic evaluation decodes the classes present in each image)."""
+        return cls(
+            features=jnp.concatenate([c.features for c in contexts]),
+            text=jnp.concatenate([c.text for c in contexts]),
+            prompts=sum((c.prompts for c in contexts), ()),
+        )
+
 
 class Prediction(NamedTuple):
     logits: np.ndarray  # (K, H, W) float32 at the target's resolution; > 0 is foreground
     masks: np.ndarray  # (K, H, W) bool
     similarity: np.ndarray  # (K, H, W) propagated masks (cosine similarity), same resolution
     points: np.ndarray  # (K, 2) point prompts (x, y) in target pixels
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise FileNotFoundError unless `path` looks like a converted SEGIC checkpoint directory."""
+    for part in ("head", "dinov2", "clip_text"):
+        if not os.path.isdir(os.path.join(path, part)):
+            raise FileNotFoundError(
+                f"{path} is not a converted SEGIC checkpoint: it has no {part}/ "
+                "(write one with `python -m segic_jax.convert segic ...`)"
+            )
 
 
 def _pad_to(n: int, multiple: int) -> int:
@@ -99,12 +119,7 @@ class Predictor:
         """Load a directory written by `python -m segic_jax.convert segic` (head/, dinov2/, clip_text/)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        for part in ("head", "dinov2", "clip_text"):
-            if not os.path.isdir(os.path.join(path, part)):
-                raise FileNotFoundError(
-                    f"{path} is not a converted SEGIC checkpoint: it has no {part}/ "
-                    "(write one with `python -m segic_jax.convert segic ...`)"
-                )
+        check_checkpoint(path)
         compute = DTYPES[dtype]
         head = checkpoints.load_model(os.path.join(path, "head"), "segic_head", dtype=compute)
         encoder = dinov2.load(os.path.join(path, "dinov2"), dtype=compute)
@@ -145,6 +160,10 @@ class Predictor:
         return np.stack([self._text_cache[p] for p in prompts])
 
     # --- public API -----------------------------------------------------------------------
+
+    def text_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, Ct) pooled CLIP features of the prompts (cached per prompt)."""
+        return self._text(prompts)
 
     def encode_context(
         self,

@@ -1,0 +1,548 @@
+"""Benchmark evaluation: few-shot segmentation (COCO-20i, FSS-1000, LVIS-92i, the synthetic
+held-out classes), in-context semantic segmentation (ADE20K-150), and video object segmentation
+(DAVIS 2017, YouTube-VOS 2018: delegated to `segic_jax.evaluation.vos`).
+
+    python -m segic_jax.evaluation.runner --config configs/eval.py:paper \
+        --config.checkpoint=ckpt/segic --config.data_dir=data --workdir out/eval
+
+writes results.json (every number, the config, the protocols), results.md and one per-class IoU
+plot per benchmark to the workdir; configs/eval.py lists the fields. In process, e.g. the training
+loop's periodic held-out evaluation with the predictor it has in memory:
+
+    scores = evaluate(predictor, "synthetic", data_dir, episodes=200)   # scores["miou"], ...
+
+Scoring (SEGIC_SPEC.md 5.1): predictions are compared with the ground truth at the original
+resolution, foreground = logit > 0; per class, intersection and union are summed over all
+episodes; mIoU = mean over the classes seen of sum(I) / max(sum(U), 1), x100; FB-IoU as HSNet
+(foreground and background IoU over all episodes, averaged). Void pixels (label 255) are not
+scored. Every few-shot number comes with the propagated-mask baseline (`baseline_protocol`).
+
+Resuming and sharding: with a workdir, each episode's counts are recorded (`records.py`); a rerun
+skips the episodes already done, `shard_index`/`shard_count` take episodes i with
+i % shard_count == shard_index, and the numbers are computed from the records of all shards once
+every episode is done, so they do not depend on how the work was split or interrupted. A run
+whose shards are not all done reports its progress and writes no results; a last run with any
+shard settings (typically shard_count=1) then finds everything done and writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from segic_jax import checkpoints
+from segic_jax.data import eval_episodes
+from segic_jax.data.sources import class_names, data_source, decode_semantic
+from segic_jax.evaluation import records, report
+from segic_jax.evaluation.metrics import IoUMeter, confusion
+from segic_jax.inference.predictor import DTYPES, Context, Predictor, check_checkpoint
+
+
+def baseline_protocol(threshold: float) -> str:
+    return (
+        f"propagated-mask baseline: the prediction is the propagated mask (cosine similarity between each "
+        f"target pixel's DINOv2 feature and the mean feature of the reference mask, SEGIC's dense prompt) "
+        f"above {threshold:g}, with no decoder: what the frozen encoder's correspondence alone achieves, the "
+        f"floor the trained decoder has to beat. The default 0.5 keeps pixels whose feature lies within 60 "
+        f"degrees of the reference's; it is fixed, not tuned on the evaluated episodes, so that the baseline "
+        f"does not borrow from the test labels."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    dataset: str  # built TFDS dataset (`python -m segic_jax.data.build`)
+    split: str
+    folds: int  # 0: no folds
+    episodes: int  # per fold; 0: every image of the split once
+    protocol: str
+
+
+BENCHMARKS = {
+    "coco20i": Benchmark(
+        "coco20i_semantic", "val", 4, 1000,
+        "COCO-20i (HSNet folds: fold f = classes {f + 4v}), COCO 2014 val; per fold 1000 seeded episodes "
+        "(seed + fold): class uniform among the fold's classes, query uniform among its images, supports "
+        "other images of it; text 'a photo of a {class}'. mIoU over the fold's classes and FB-IoU per fold, "
+        "and their means over the folds. A checkpoint trained on all 80 classes makes this the 'generalist' "
+        "setting (BENCHMARKS.md), not the held-out-fold one.",
+    ),
+    "fss1000": Benchmark(
+        "fss1000", "test", 0, 0,
+        "FSS-1000 test classes (240, sorted folder names): every test image is the query once (2400 "
+        "episodes), supports other images of its class, masks > 128; text = the folder name. mIoU over "
+        "the classes.",
+    ),
+    "lvis92i": Benchmark(
+        "lvis_instances", "val", 10, 2300,
+        "LVIS-92i, LVIS v1 val: categories annotated in more than one image, sorted by id, fold f = "
+        "categories[f::10]; per fold 2300 seeded episodes chosen as the SEGIC code does (class uniform over "
+        "the fold, then a query image of it, then supports), not the Matcher variant (class = episode index "
+        "mod classes); unlike the SEGIC code a support is never the query. Mask = union of the class's "
+        "instances; text 'a photo of a {category}'. mIoU per fold and the mean of the folds.",
+    ),
+    "synthetic": Benchmark(
+        "synthetic_incontext", "test", 0, 1000,
+        "synthetic_incontext test split, whose classes are all held out from its train split: seeded "
+        "episodes as LVIS-92i (class uniform, query, supports), mask = union of the class's objects, text "
+        "'a photo of a {class}'. mIoU over the classes.",
+    ),
+    "ade20k": Benchmark(
+        "ade20k_semantic", "val", 0, 0,
+        "ADE20K-150 in-context semantic segmentation (SEGIC_SPEC.md 5.7): every val image once; per image "
+        "only the classes present in its ground truth are decoded, all jointly (cross-instance tokens), each "
+        "with 'a photo of a {class}' and its reference's feature (soft reference mask, as the reference's "
+        "semantic path). References: one real training image per class chosen by "
+        "`eval_episodes.ade20k_references` (SEGIC's Stable-Diffusion references were never released, so this "
+        "number is not the paper's protocol). Per class the binary mask logit > 0 is scored against "
+        "label == class ('other' = 0 counts as background, 255 is void); mIoU over the classes seen.",
+    ),
+}
+VIDEO = {
+    "davis2017": "DAVIS 2017 val, semi-supervised (first-frame masks), J&F; see segic_jax.evaluation.vos.",
+    "youtube_vos": "YouTube-VOS 2018 valid: palette PNGs for the challenge server; see segic_jax.evaluation.vos.",
+}
+KNOWN = sorted(BENCHMARKS) + sorted(VIDEO)
+
+
+@dataclasses.dataclass
+class Options:
+    """Settings shared by every unit of one evaluation."""
+
+    episodes: int = 0  # 0: the protocol's count
+    seed: int = 0
+    baseline_threshold: float = 0.5
+    reference_min_area: float = 0.05  # ADE20K reference rule
+    chunk_size: int = 50  # episodes per record file
+    model: Any = ""  # identifies the weights in the records' spec (a checkpoint path, a step)
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Unit:
+    """One benchmark at one shot count and fold: one episode list, one records folder."""
+
+    benchmark: str
+    shots: int
+    fold: int | None
+    dataset: str
+    source: Any  # the evaluated split (random access)
+    train: Any = None  # ADE20K: where the references come from
+    class_names: list[str] | None = None  # semantic datasets: class i + 1's name
+    episodes: Any = None  # the episode list (`_make_episodes`), set by `_prepare`
+    store: records.UnitStore | None = None  # its records, when there is a workdir
+
+    @property
+    def key(self) -> str:
+        fold = "" if self.fold is None else f"_fold{self.fold}"
+        return f"{self.benchmark}/{self.shots}shot{fold}"
+
+    def spec(self, options: Options) -> dict:
+        b = BENCHMARKS[self.benchmark]
+        spec = dict(benchmark=self.benchmark, dataset=self.dataset, split=b.split, fold=self.fold, shots=self.shots,
+                    episodes=options.episodes, seed=options.seed, baseline_threshold=options.baseline_threshold,
+                    model=options.model, format=1)
+        if self.benchmark == "ade20k":
+            spec["reference_min_area"] = options.reference_min_area
+        return spec
+
+
+def _check_benchmark(benchmark: str) -> None:
+    if benchmark not in BENCHMARKS and benchmark not in VIDEO:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {KNOWN}")
+
+
+def _folds(benchmark: str, folds) -> list[int | None]:
+    n = BENCHMARKS[benchmark].folds
+    if not n:
+        return [None]
+    if not folds:
+        return list(range(n))
+    bad = [f for f in folds if f not in range(n)]
+    if bad:
+        raise ValueError(f"{benchmark} has folds 0..{n - 1}, not {bad}")
+    return list(folds)
+
+
+def _open(benchmark: str, data_dir: str, shots: int, folds, dataset: str | None) -> list[Unit]:
+    """The units of a benchmark, with their data opened (a missing dataset fails here, before any
+    output is written)."""
+    _check_benchmark(benchmark)
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1, got {shots}")
+    b = BENCHMARKS[benchmark]
+    if benchmark == "ade20k" and shots != 1:
+        raise ValueError("ade20k uses one reference per class: shots must be 1")
+    dataset = dataset or b.dataset
+    folds = _folds(benchmark, folds)
+    source = data_source(dataset, b.split, data_dir)
+    train = data_source(dataset, "train", data_dir) if benchmark == "ade20k" else None
+    names = class_names(dataset, data_dir) if benchmark in ("coco20i", "ade20k") else None
+    return [Unit(benchmark, shots, f, dataset, source, train, names) for f in folds]
+
+
+def _make_episodes(unit: Unit, options: Options):
+    """The unit's seeded episode list, as JSON-able data."""
+    src, n, seed, shots = unit.source, options.episodes, options.seed, unit.shots
+    default = BENCHMARKS[unit.benchmark].episodes
+    if unit.benchmark == "coco20i":
+        episodes = eval_episodes.coco20i(src, unit.fold, shots, n or default, seed)
+    elif unit.benchmark == "lvis92i":
+        episodes = eval_episodes.lvis92i(src, unit.fold, shots, n or default, seed)
+    elif unit.benchmark == "synthetic":
+        episodes = eval_episodes.synthetic(src, shots, n or default, seed)
+    elif unit.benchmark == "fss1000":
+        every = eval_episodes.fss1000(src, shots, seed)
+        episodes = [every[i] for i in eval_episodes.subset(len(every), n, seed)]
+    else:  # ade20k
+        references = eval_episodes.ade20k_references(unit.train, seed, options.reference_min_area)
+        return {"images": eval_episodes.subset(len(src), n, seed), "references": references}
+    return [[e.class_id, e.query, list(e.supports)] for e in episodes]
+
+
+def _items(unit: Unit) -> list:
+    """What the unit's episodes are: [class, query, supports] triples, or ADE20K val images."""
+    return unit.episodes["images"] if unit.benchmark == "ade20k" else unit.episodes
+
+
+class _Scorer:
+    """Evaluates one unit's episodes with a predictor: rows of per-class confusion counts."""
+
+    def __init__(self, unit: Unit, predictor, threshold: float):
+        self.unit, self.predictor, self.threshold = unit, predictor, threshold
+        self.items = _items(unit)
+        if unit.benchmark == "ade20k":
+            self.references = {int(c): i for c, i in unit.episodes["references"].items()}
+            self._contexts: dict[int, Any] = {}
+
+    def __call__(self, index: int) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+        if self.unit.benchmark == "ade20k":
+            return self._semantic(self.items[index])
+        return self._few_shot(*self.items[index])
+
+    def _row(self, pred, k, class_id, name, gt, void):
+        return (class_id, name, confusion(pred.masks[k], gt, void), confusion(pred.similarity[k] > self.threshold, gt, void))
+
+    def _few_shot(self, class_id: int, query: int, supports: list[int]):
+        kind, src = self.unit.benchmark, self.unit.source
+        q = eval_episodes.decode_item(kind, src[query], class_id)
+        refs = [eval_episodes.decode_item(kind, src[i], class_id) for i in supports]
+        name = q.name or self.unit.class_names[class_id - 1]
+        context = self.predictor.encode_context([r.image for r in refs], [r.mask for r in refs], class_names=[name])
+        (pred,) = self.predictor.segment([q.image], context)
+        return [self._row(pred, 0, class_id, name, q.mask, q.void)]
+
+    def _reference(self, class_id: int):
+        """The context of one class, encoded once per evaluation."""
+        if class_id not in self._contexts:
+            if class_id not in self.references:
+                raise ValueError(f"ADE20K class {class_id} ({self.unit.class_names[class_id - 1]}) is in a val image "
+                                 "but in no training image, so it has no reference")
+            data = decode_semantic(self.unit.train[self.references[class_id]])
+            # the reference's semantic path resizes the soft mask (SEGIC_SPEC.md 2.11)
+            self._contexts[class_id] = self.predictor.encode_context(
+                [data["image"]], [data["label"] == class_id], class_names=[self.unit.class_names[class_id - 1]], binarize=False
+            )
+        return self._contexts[class_id]
+
+    def _semantic(self, index: int):
+        data = decode_semantic(self.unit.source[index])
+        label, classes = data["label"], [int(c) for c in data["classes"]]
+        if not classes:
+            return []
+        context = Context.concatenate([self._reference(c) for c in classes])
+        (pred,) = self.predictor.segment([data["image"]], context)
+        void = label == 255
+        return [self._row(pred, k, c, self.unit.class_names[c - 1], label == c, void) for k, c in enumerate(classes)]
+
+
+def _as_rows(episodes: list[int], scored: list[list]) -> records.Rows:
+    flat = [(e, *row) for e, rows in zip(episodes, scored) for row in rows]
+    if not flat:
+        return records.Rows.empty()
+    return records.Rows(
+        episode=np.array([r[0] for r in flat], np.int64),
+        class_id=np.array([r[1] for r in flat], np.int64),
+        name=np.array([r[2] for r in flat], str),
+        model=np.stack([r[3] for r in flat]).astype(np.int64),
+        baseline=np.stack([r[4] for r in flat]).astype(np.int64),
+    )
+
+
+@dataclasses.dataclass
+class UnitResult:
+    unit: Unit
+    total: int  # episodes in the unit
+    done: int  # episodes recorded (all shards)
+    rows: records.Rows
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def _prepare(unit: Unit, options: Options, workdir: str | None) -> Unit:
+    """Give the unit its episode list, and its records folder when there is a workdir (refusing
+    records of another spec)."""
+    if workdir:
+        unit.store = records.UnitStore(os.path.join(workdir, "records", unit.key))
+        unit.store.open(unit.spec(options))
+        unit.episodes = unit.store.episodes(lambda: _make_episodes(unit, options))
+    else:
+        unit.episodes = records.canonical(_make_episodes(unit, options))
+    return unit
+
+
+def _run_unit(unit: Unit, options: Options, get_predictor: Callable, shard: tuple[int, int]) -> UnitResult:
+    """Evaluate this shard's episodes that are not recorded yet; the result covers all shards."""
+    store = unit.store
+    total = len(_items(unit))
+    done, rows = store.load() if store else (set(), records.Rows.empty())
+    mine = list(range(shard[0], total, shard[1]))
+    todo = [i for i in mine if i not in done]
+    if todo:
+        scorer = _Scorer(unit, get_predictor(), options.baseline_threshold)
+        parts = []
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=unit.key, disable=not options.progress) as bar:
+            for start in range(0, len(todo), options.chunk_size):
+                chunk = todo[start : start + options.chunk_size]
+                scored = []
+                for i in chunk:
+                    scored.append(scorer(i))
+                    bar.update()
+                part = _as_rows(chunk, scored)
+                if store:
+                    store.write(chunk, part, shard)
+                parts.append(part)
+        if store:
+            done, rows = store.load()
+        else:
+            done, rows = set(todo), records.Rows.concatenate(parts)
+    return UnitResult(unit, total, len(done), rows)
+
+
+# --- scores -----------------------------------------------------------------------------------
+
+
+def _scores(rows: records.Rows) -> dict:
+    """mIoU, FB-IoU and per-class IoU of the prediction and of the baseline."""
+    order = np.lexsort((rows.class_id, rows.episode))
+    model, baseline, names = IoUMeter(), IoUMeter(), {}
+    for r in order:
+        c = int(rows.class_id[r])
+        model.add_counts(c, rows.model[r])
+        baseline.add_counts(c, rows.baseline[r])
+        names.setdefault(c, str(rows.name[r]))
+    base_iou = baseline.class_iou()
+    return {
+        "miou": model.miou(), "fb_iou": model.fb_iou(),
+        "baseline_miou": baseline.miou(), "baseline_fb_iou": baseline.fb_iou(),
+        "classes": {str(c): {"name": names[c], "iou": 100.0 * iou, "baseline_iou": 100.0 * base_iou[c]}
+                    for c, iou in model.class_iou().items()},
+    }
+
+
+HEADLINE = ("miou", "fb_iou", "baseline_miou", "baseline_fb_iou")
+
+
+def _summary(results: list[UnitResult]) -> dict:
+    """One benchmark at one shot count: its scores, or for folded benchmarks each fold's scores and
+    their means."""
+    if not all(r.complete for r in results):
+        return {"complete": False, "episodes_done": sum(r.done for r in results), "episodes_total": sum(r.total for r in results)}
+    if results[0].unit.fold is None:
+        (r,) = results
+        return {"complete": True, "episodes": r.total, **_scores(r.rows)}
+    folds = {str(r.unit.fold): {"episodes": r.total, **_scores(r.rows)} for r in results}
+    means = {k: float(np.mean([f[k] for f in folds.values()])) for k in HEADLINE}
+    return {"complete": True, "episodes": sum(r.total for r in results), **means, "folds": folds}
+
+
+def _video(benchmark: str, predictor, data_dir: str, out_dir: str, memory: str, shard: tuple[int, int]) -> dict:
+    from segic_jax.evaluation import vos  # written separately; imported only when a video benchmark runs
+
+    if benchmark == "davis2017":
+        return vos.evaluate_davis2017(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1])
+    return vos.write_youtube_vos(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1])
+
+
+def _check_shard(shard_index: int, shard_count: int) -> tuple[int, int]:
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in 0..shard_count-1 and shard_count >= 1, got {shard_index} of {shard_count}")
+    return shard_index, shard_count
+
+
+def evaluate(
+    predictor,
+    benchmark: str,
+    data_dir: str,
+    *,
+    shots: int = 1,
+    fold: int | Sequence[int] | None = None,
+    episodes: int = 0,
+    seed: int = 0,
+    workdir: str | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    baseline_threshold: float = 0.5,
+    dataset: str | None = None,
+    reference_min_area: float = 0.05,
+    memory: str = "first_latest",
+    chunk_size: int = 50,
+    model: Any = "",
+    progress: bool = True,
+) -> dict:
+    """Evaluate an in-memory predictor on one benchmark; returns its scores.
+
+    fold: a fold of coco20i / lvis92i, or several, or None for all; several are scored separately
+    and averaged ("folds" holds each). episodes: per fold, 0 for
+    the protocol's count (for fss1000 / ade20k, a seeded subset of the images). dataset: another
+    build of the benchmark's dataset (e.g. "synthetic_incontext/tiny"). workdir: where per-episode
+    records go (needed to resume or shard; records of other weights must not share it, and
+    `model` is stored with them to catch that). Few-shot results hold "miou", "fb_iou",
+    "baseline_miou", "baseline_fb_iou", "episodes", per-class "classes" (or "folds"), and
+    "complete" (False, with the progress, while other shards are not done); video benchmarks
+    return what `segic_jax.evaluation.vos` returns.
+    """
+    shard = _check_shard(shard_index, shard_count)
+    _check_benchmark(benchmark)
+    if shard_count > 1 and not workdir:
+        raise ValueError("sharding needs a workdir shared by the shards, where their records are merged")
+    if benchmark in VIDEO:
+        if not workdir:
+            raise ValueError(f"{benchmark} writes its predicted masks: give a workdir")
+        return _video(benchmark, predictor, data_dir, os.path.join(workdir, benchmark), memory, shard)
+    options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress)
+    folds = [fold] if isinstance(fold, int) else fold
+    units = [_prepare(u, options, workdir) for u in _open(benchmark, data_dir, shots, folds, dataset)]
+    results = [_run_unit(u, options, lambda: predictor, shard) for u in units]
+    return {"benchmark": benchmark, "shots": shots, **_summary(results)}
+
+
+def example_image(predictor, benchmark: str, data_dir: str, *, dataset: str | None = None, seed: int = 0,
+                  height: int = 256) -> np.ndarray:
+    """The first one-shot episode of a few-shot benchmark as one picture: the reference with its
+    mask (green), the target with the prediction (red), and the propagated mask (JET) with its
+    point prompt. (H, W, 3) uint8."""
+    from PIL import Image
+
+    from segic_jax import visualize
+
+    if benchmark not in BENCHMARKS or benchmark == "ade20k":
+        raise ValueError(f"example_image draws a few-shot episode; {benchmark!r} is not a few-shot benchmark")
+    unit = _prepare(_open(benchmark, data_dir, 1, [0] if BENCHMARKS[benchmark].folds else None, dataset)[0],
+                    Options(episodes=1, seed=seed, progress=False), None)
+    class_id, query, supports = unit.episodes[0]
+    q = eval_episodes.decode_item(benchmark, unit.source[query], class_id)
+    r = eval_episodes.decode_item(benchmark, unit.source[supports[0]], class_id)
+    name = q.name or unit.class_names[class_id - 1]
+    (pred,) = predictor.segment([q.image], predictor.encode_context([r.image], [r.mask], class_names=[name]))
+    panels = [
+        visualize.mask_overlay(r.image, r.mask, colour=(60, 220, 60)),
+        visualize.mask_overlay(q.image, pred.masks[0]),
+        visualize.draw_point(visualize.heatmap_overlay(q.image, pred.similarity[0]), pred.points[0]),
+    ]
+    scaled = []
+    for p in panels:
+        w = max(1, round(p.shape[1] * height / p.shape[0]))
+        scaled.append(np.asarray(Image.fromarray(p).resize((w, height), Image.BILINEAR)))
+    return np.concatenate(scaled, axis=1)
+
+
+def _check_config(config) -> None:
+    for b in config.benchmarks:
+        _check_benchmark(b)
+    if not config.benchmarks:
+        raise ValueError("config.benchmarks is empty; choose from " + ", ".join(KNOWN))
+    if not config.shots or any(int(s) < 1 for s in config.shots):
+        raise ValueError(f"config.shots must list shot counts >= 1, got {tuple(config.shots)}")
+    _check_shard(config.shard_index, config.shard_count)
+    if not config.checkpoint:
+        raise ValueError("set --config.checkpoint to a converted SEGIC directory (python -m segic_jax.convert segic ...)")
+
+
+def run(config, workdir: str) -> dict:
+    """Evaluate the checkpoint of `config` (configs/eval.py) on its benchmarks; write results.json,
+    results.md and plots to `workdir` once every shard's episodes are done. Returns the results
+    (with "complete": False and the progress while shards are missing)."""
+    _check_config(config)
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    checkpoint = os.path.abspath(config.checkpoint)
+    check_checkpoint(checkpoint)
+    image_size = checkpoints.load_config(os.path.join(checkpoint, "head"), "segic_head").image_size
+    if config.image_size and config.image_size != image_size:
+        raise ValueError(f"config.image_size is {config.image_size} but {checkpoint} was converted for {image_size} px; "
+                         "convert it again with --image-size, or set --config.image_size=0")
+    shard = (config.shard_index, config.shard_count)
+    options = Options(config.episodes, config.seed, config.baseline_threshold, config.ade20k_reference_min_area,
+                      config.chunk_size, model=dict(checkpoint=checkpoint, dtype=config.dtype, image_size=image_size))
+    few_shot = [b for b in config.benchmarks if b in BENCHMARKS]
+    # open every dataset first: a missing one fails before anything is written
+    plan = {}
+    for b in few_shot:
+        dataset = config.synthetic_dataset if b == "synthetic" else None
+        for shots in (1,) if b == "ade20k" else config.shots:
+            plan[b, int(shots)] = _open(b, config.data_dir, int(shots), list(config.folds), dataset)
+    plan = {k: [_prepare(u, options, workdir) for u in units] for k, units in plan.items()}
+
+    loaded = []
+
+    def get_predictor():
+        if not loaded:
+            loaded.append(Predictor.from_checkpoint(checkpoint, dtype=config.dtype, batch_size=config.batch_size))
+        return loaded[0]
+
+    benchmarks: dict[str, dict] = {}
+    for (b, shots), units in plan.items():
+        results = [_run_unit(u, options, get_predictor, shard) for u in units]
+        benchmarks.setdefault(b, {})[f"{shots}-shot"] = _summary(results)
+    video = {b: _video(b, get_predictor(), config.data_dir, os.path.join(workdir, b), config.vos_memory, shard)
+             for b in config.benchmarks if b in VIDEO}
+
+    pending = {f"{b} {s}": v for b, by_shots in benchmarks.items() for s, v in by_shots.items() if not v["complete"]}
+    if pending:
+        done = ", ".join(f"{k}: {v['episodes_done']}/{v['episodes_total']}" for k, v in pending.items())
+        print(f"shard {shard[0]} of {shard[1]} is done; waiting for the other shards' episodes ({done}). "
+              "Run again (e.g. with --config.shard_count=1) once they are all done to write the results.")
+        return {"complete": False, "benchmarks": benchmarks, "video": video}
+    results = {
+        "complete": True,
+        "model": options.model,
+        "config": config.to_dict(),
+        "protocols": {**{b: BENCHMARKS[b].protocol for b in few_shot}, **{b: VIDEO[b] for b in video},
+                      "baseline": baseline_protocol(config.baseline_threshold)},
+        "benchmarks": benchmarks,
+        "video": video,
+    }
+    report.write(workdir, results, plot=config.plot)
+    return results
+
+
+def main(argv) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        results = run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if results["complete"]:
+        print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.md')}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "configs/eval.py:paper or configs/eval.py:synthetic", lock_config=True)
+    flags.DEFINE_string("workdir", None, "where records and results are written")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

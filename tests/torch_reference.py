@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import importlib
 import importlib.util
-import json
 import math
 import os
 
 import torch
 import torch.nn.functional as F
+
+from segic_jax.models import clip_text
 
 
 def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
@@ -126,14 +127,6 @@ def hf_clip_text(vocab=1000, width=64, depth=2, heads=4, mlp=128, context=77, se
     return randomize_(model, seed)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable character table, in its canonical order: the printable bytes
-    first, then the others mapped past 255 (the order sets the first 512 token ids)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
-
-
 def write_clip_vocab(folder: str) -> str:
     """vocab.json and merges.txt of CLIP's tokenizer, derived from the BPE merges file that the
     open-clip-torch package ships (bpe_simple_vocab_16e6.txt.gz): 256 bytes, the same with the
@@ -143,15 +136,7 @@ def write_clip_vocab(folder: str) -> str:
     bpe = os.path.join(spec.submodule_search_locations[0], "bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(bpe).read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    base = list(_bytes_to_unicode().values())
-    tokens = base + [t + "</w>" for t in base] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(tokens)}, f, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    return folder
+    return clip_text.write_vocab(folder, merges)
 
 
 def sam_modeling():
@@ -244,3 +229,62 @@ class TorchSegicHead(torch.nn.Module):
         )
         logits = F.interpolate(low, scale_factor=s / low.shape[-1], mode="bilinear", align_corners=False)
         return logits[:, 0], sim[:, 0], points[:, 0]
+
+    @torch.no_grad()
+    def propagate_vos(self, feats, first_masks, text, eps=1e-4, negative_label=0, memory="first_latest"):
+        """The per-frame loop of the reference's `forward_vos` (SEGIC_SPEC.md 5.6), transcribed.
+
+        feats (T, C, h, w) frame features; first_masks (n, S, S) binary float; text (Ct,) pooled
+        instance prompt. -> logits (T - 1, n, S, S) of frames 1..T-1 at the model size.
+        The keywords break one rule each (for tests that must see the difference): `eps` of the
+        cosine norms, `negative_label` of the other objects' points, `memory` "all" for every entry.
+        """
+        s, n = self.image_size, first_masks.shape[0]
+
+        def inst_feat(feat, masks):  # extract_inst_feat on the un-upsampled features
+            small = F.interpolate(masks[:, None], feat.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            small = (small > 0.5).float()
+            return torch.einsum("chw,nhw->nc", feat, small) / small.sum((-1, -2)).clamp(min=1)[:, None]
+
+        def cross_inst(prompt):  # process_cross_inst_prompt: (n, p, c) -> (n, n * p, c), types (n, n * p)
+            k, p = prompt.shape[:2]
+            flat = prompt.flatten(0, 1)[None].expand(k, -1, -1)
+            types = torch.zeros(k, k, p, dtype=torch.long)
+            types[range(k), range(k)] = 1
+            return flat, types.flatten(1, 2)
+
+        memory_list = [inst_feat(feats[0], first_masks)]
+        text_tok = self.prompt_proj(text)[None, None].expand(n, 1, -1)
+        out = []
+        for t in range(1, len(feats)):
+            if memory == "first_latest" and len(memory_list) > 2:
+                refs = [memory_list[i] for i in torch.linspace(0, len(memory_list) - 1, 2).int().tolist()]
+            else:
+                refs = memory_list
+            refs = torch.stack(refs, dim=1)  # (n, r, C)
+            up = F.interpolate(feats[t][None], size=(s // 4, s // 4), mode="bilinear", align_corners=False)
+            x = up / up.norm(dim=1, keepdim=True).clamp(min=eps)
+            y = refs / refs.norm(dim=2, keepdim=True).clamp(min=eps)
+            sim = torch.einsum("bchw,bxc->bxhw", x, y)  # batch 1 broadcast against n
+            sim = F.interpolate(sim, size=(s, s), mode="bilinear", align_corners=False)
+            mask_in = sim[:, :1]
+            _, idx = mask_in.flatten(-2).topk(1, dim=-1)  # get_max, n_point = 1: (n, 1, 1)
+            points = torch.cat([idx % s, idx // s], dim=-1).float()  # (n, 1, 2) as (x, y)
+            points, labels = cross_inst(points)
+            labels = torch.where(labels == 1, labels, torch.full_like(labels, negative_label))
+            tokens, types = cross_inst(self.inst_proj(refs))
+            texts = torch.cat([text_tok, tokens + self.inst_type_embed(types)], dim=1)
+            sparse, dense = self.prompt_encoder(points=(points, labels), boxes=None, masks=mask_in)
+            sparse = torch.cat([sparse, texts], dim=1)
+            low = torch.cat([
+                self.mask_decoder(
+                    image_embeddings=self.neck(feats[t][None]), image_pe=self.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse[i : i + 1], dense_prompt_embeddings=dense[i : i + 1],
+                    multimask_output=False,
+                )[0]
+                for i in range(n)
+            ])
+            logits = F.interpolate(low, scale_factor=s / low.shape[-1], mode="bilinear", align_corners=False)[:, 0]
+            out.append(logits)
+            memory_list.append(inst_feat(feats[t], (logits > 0).float()))
+        return torch.stack(out)

@@ -137,6 +137,12 @@ class ClipTokenizer:
         tokenizer.enable_padding(length=context_length, pad_id=self.eos_token_id, pad_token=EOS_TOKEN)
 
     @classmethod
+    def bytes_only(cls, context_length: int = 77) -> "ClipTokenizer":
+        """CLIP's tokenizer with no merges: one token per byte (ids 0-511 as in CLIP's vocabulary,
+        specials at 512 and 513). For randomly initialised text encoders, which need no download."""
+        return cls(_bpe_tokenizer(byte_vocab(), []), context_length)
+
+    @classmethod
     def from_folder(cls, folder: str, context_length: int = 77) -> "ClipTokenizer":
         from tokenizers import Tokenizer
 
@@ -165,6 +171,32 @@ class ClipTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         return np.array([e.ids for e in self._tok.encode_batch(list(texts))], dtype=np.int32)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable character table, in its canonical order: the printable bytes
+    first, then the others mapped past 255 (the order sets the first 512 token ids)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def byte_vocab(merges: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
+    """CLIP's vocabulary layout: 256 bytes, the same with the end-of-word suffix, one token per
+    merge, then the start and end tokens."""
+    base = list(bytes_to_unicode().values())
+    tokens = base + [t + "</w>" for t in base] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def write_vocab(folder: str, merges: Sequence[tuple[str, str]] = ()) -> str:
+    """vocab.json and merges.txt in a Hugging Face CLIP folder (readable by `from_folder`)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(byte_vocab(merges), f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in merges))
+    return folder
 
 
 def _bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):

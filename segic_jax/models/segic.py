@@ -1,4 +1,5 @@
-"""SEGIC's trainable head and its in-context decoding (SEGIC_SPEC.md sections 2.5 to 2.11).
+"""SEGIC's trainable head and its in-context decoding (SEGIC_SPEC.md sections 2.5 to 2.11, and
+one video frame of section 5.6).
 
 The frozen encoders (DINOv2, CLIP text) live in their own modules; this head takes their outputs:
 target patch features, reference-instance features (masked means) and projected text tokens.
@@ -22,7 +23,7 @@ from segic_jax.models.config import ModelConfig
 from segic_jax.models.layers import layer_norm_2d
 from segic_jax.models.mask_decoder import MaskDecoder, MaskDecoderConfig
 from segic_jax.models.prompt_encoder import PromptEncoder, PromptEncoderConfig
-from segic_jax.ops.correspondence import peak_points, similarity_maps
+from segic_jax.ops.correspondence import VOS_SIMILARITY_EPS, peak_points, similarity_maps
 from segic_jax.ops.resize import resize
 
 
@@ -150,17 +151,79 @@ class SegicHead(nnx.Module):
         ub, cr = per_row(use_box)[:, None], per_row(cross)[:, None]
         ones = jnp.ones((rows, 1), bool)
         real = jnp.concatenate([ones, ~ub, ub, ub, ones, cr & per_row(valid), ~cr], axis=1)
-        order = jnp.argsort(~real, axis=1, stable=True)
-        sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
-        dense = pe.mask_downscaling((sim / cfg.tau).reshape(rows, s, s)).astype(jnp.float32)
-
-        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
-        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
-        low_res = masks[:, 0]  # mask token 0: single-mask output
-        logits = resize(low_res, scale_factor=s / low_res.shape[-1], method="bilinear", axes=(-2, -1))
+        low_res, logits = self._decode_rows(target_features, candidates, real, sim.reshape(rows, s, s))
         return Decoded(
             logits=logits.reshape(b, k, s, s),
             low_res=low_res.reshape((b, k) + low_res.shape[1:]),
             similarity=sim,
             points=points,
         )
+
+    def decode_video_frame(
+        self,
+        target_features: jax.Array,
+        references: jax.Array,
+        reference_valid: jax.Array,
+        text_features: jax.Array,
+    ) -> Decoded:
+        """One frame of SEGIC's video object segmentation (`forward_vos`, SEGIC_SPEC.md 5.6).
+
+        target_features (B, h, w, Cv): the frame's DINOv2 patch tokens.
+        references (B, K, R, Cv): each object's memory, masked-mean features of R earlier frames;
+            reference_valid (B, K, R) says which slots are filled (an object with none is padding).
+        text_features (B, Ct): CLIP pooled text of the instance prompt.
+
+        Unlike `decode`: the propagated mask and the point come from each object's oldest valid
+        reference (the first frame in SEGIC) with the cosine norm clamped at 1e-4; every object's
+        point is a prompt of every row (its own positive, the others negative, label 0); and the
+        instance tokens are all objects' references, cross-instance with the type embedding.
+        """
+        cfg = self.cfg
+        b, k, r, _ = references.shape
+        s, d, rows = cfg.image_size, cfg.dim, b * k
+        valid = reference_valid.any(axis=-1)  # (B, K)
+        oldest = jnp.argmax(reference_valid, axis=-1)  # (B, K)
+        first = jnp.take_along_axis(references, oldest[..., None, None], axis=2)[:, :, 0]
+        sim = similarity_maps(target_features, first, (s // 4, s // 4), (s, s), eps=VOS_SIMILARITY_EPS)
+        points = peak_points(sim)  # (B, K, 2)
+
+        pe = self.prompt_encoder
+        all_points = jnp.broadcast_to(points[:, None], (b, k, k, 2)).reshape(rows, k, 2)
+        own = jnp.broadcast_to(jnp.eye(k, dtype=jnp.int32), (b, k, k)).reshape(rows, k)
+        point_tokens = pe.embed_points(all_points, own, pad=True)  # (B*K, K + 1, D)
+        inst = self.inst_proj(references.astype(self.dtype)).astype(jnp.float32)  # (B, K, R, D)
+        # row i, token (j, r) = inst[j, r] + type[i == j]: the references act as a batch axis
+        cross = cross_instance_tokens(
+            inst.transpose(0, 2, 1, 3).reshape(b * r, k, d), self.inst_type_embed.embedding[...]
+        )  # (B*R, K, K, D)
+        cross = cross.reshape(b, r, k, k, d).transpose(0, 2, 3, 1, 4).reshape(rows, k * r, d)
+        text = self.prompt_proj(text_features.astype(self.dtype)).astype(jnp.float32)  # (B, D)
+        candidates = jnp.concatenate([point_tokens, jnp.repeat(text, k, axis=0)[:, None], cross], axis=1)
+        per_row = lambda x: jnp.broadcast_to(x[:, None], (b, k) + x.shape[1:]).reshape((rows,) + x.shape[1:])
+        ones = jnp.ones((rows, 2), bool)  # padding point, text
+        real = jnp.concatenate([per_row(valid), ones, per_row(reference_valid.reshape(b, k * r))], axis=1)
+        low_res, logits = self._decode_rows(target_features, candidates, real, sim.reshape(rows, s, s))
+        return Decoded(
+            logits=logits.reshape(b, k, s, s),
+            low_res=low_res.reshape((b, k) + low_res.shape[1:]),
+            similarity=sim,
+            points=points,
+        )
+
+    def _decode_rows(self, target_features, candidates, real, masks_in):
+        """The mask decoder on prompt rows: K = rows / B rows per target.
+
+        candidates (B*K, N, D) sparse tokens, real (B*K, N) which of them are used (the others are
+        moved to the end and masked out), masks_in (B*K, S, S) dense similarity prompts.
+        -> low_res (B*K, S/3.5, S/3.5) decoder logits and logits (B*K, S, S) at the input size.
+        """
+        cfg, pe = self.cfg, self.prompt_encoder
+        k = candidates.shape[0] // target_features.shape[0]
+        order = jnp.argsort(~real, axis=1, stable=True)
+        sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
+        dense = pe.mask_downscaling(masks_in / cfg.tau).astype(jnp.float32)
+        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
+        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
+        low_res = masks[:, 0]  # mask token 0: single-mask output
+        logits = resize(low_res, scale_factor=cfg.image_size / low_res.shape[-1], method="bilinear", axes=(-2, -1))
+        return low_res, logits

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from segic_jax.ops.resize import resize
 
 SIMILARITY_EPS = 1e-8
+VOS_SIMILARITY_EPS = 1e-4  # the reference's video path clamps the norms here (SEGIC_SPEC.md 5.6)
 
 
 def masked_feature_sums(features: jax.Array, masks: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -35,23 +36,31 @@ def masked_mean_features(features: jax.Array, masks: jax.Array) -> jax.Array:
     return total / jnp.maximum(area, 1.0)[..., None]
 
 
-def _l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+def _l2_normalize(x: jax.Array, axis: int = -1, eps: float = SIMILARITY_EPS) -> jax.Array:
     norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-    return x / jnp.maximum(norm, SIMILARITY_EPS)
+    return x / jnp.maximum(norm, eps)
 
 
 def similarity_maps(
-    features: jax.Array, vectors: jax.Array, mid_size: tuple[int, int], out_size: tuple[int, int]
+    features: jax.Array,
+    vectors: jax.Array,
+    mid_size: tuple[int, int],
+    out_size: tuple[int, int],
+    *,
+    eps: float = SIMILARITY_EPS,
 ) -> jax.Array:
     """Cosine similarity of `vectors` with the target features, as propagated masks.
 
     features (B, h, w, C) are first upsampled to `mid_size` (224 x 224 for 896 inputs), compared
     with vectors (B, K, C), and the (B, K, mid) maps upsampled to `out_size`. Returns
-    (B, K, H, W) float32 in [-1, 1].
+    (B, K, H, W) float32 in [-1, 1]. Norms are clamped at `eps` before dividing.
     """
     feats = resize(features.astype(jnp.float32), size=mid_size, method="bilinear")
     sim = jnp.einsum(
-        "bhwc,bkc->bkhw", _l2_normalize(feats), _l2_normalize(vectors.astype(jnp.float32)), precision="highest"
+        "bhwc,bkc->bkhw",
+        _l2_normalize(feats, eps=eps),
+        _l2_normalize(vectors.astype(jnp.float32), eps=eps),
+        precision="highest",
     )
     return resize(sim, size=out_size, method="bilinear", axes=(-2, -1))
 

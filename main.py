@@ -1,12 +1,18 @@
 """segic-jax entry point.
 
-    python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
+    python main.py --config configs/segic.py --workdir /tmp/segic_demo
+    python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/ ...
+    python main.py --mode eval --config configs/eval.py:paper --workdir out/eval --config.checkpoint=...
     python main.py --mode predict --checkpoint ckpt/segic --workdir out/ \
         --reference ref.jpg --reference_mask ref.png --target photos/
 
---mode correspondence (default) encodes a built-in synthetic reference/target pair with DINOv2 and
-writes the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
-SEGIC's dense and point prompts. See configs/segic.py for the fields.
+--mode train (default) trains SEGIC as the config says (configs/segic.py; the default `demo`
+variant trains on the built-in synthetic dataset on a CPU in minutes); it resumes from the
+workdir's latest checkpoint and exports an inference checkpoint to workdir/export.
+--mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/runner.py).
+--mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
+the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
+SEGIC's dense and point prompts.
 --mode predict segments the target image (or every image of a folder) with a converted SEGIC
 checkpoint; see segic_jax/inference/predict.py for what it writes.
 """
@@ -19,7 +25,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configuration file, e.g. configs/segic.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for outputs")
-flags.DEFINE_enum("mode", "correspondence", ["correspondence", "predict"], "what to run")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "correspondence", "predict"], "what to run")
 flags.DEFINE_string("checkpoint", None, "predict: converted SEGIC directory (python -m segic_jax.convert segic)")
 flags.DEFINE_multi_string("reference", [], "predict: a reference image (repeat for several)")
 flags.DEFINE_multi_string("reference_mask", [], "predict: the mask of each --reference, in the same order")
@@ -51,10 +57,27 @@ def main(argv):
         print(f"wrote {len(written)} files to {FLAGS.workdir}")
         return
     if FLAGS.config is None:
-        raise app.UsageError("--mode correspondence needs --config, e.g. configs/segic.py:demo")
-    from segic_jax.inference import correspondence
+        example = "configs/eval.py:paper" if FLAGS.mode == "eval" else "configs/segic.py:demo"
+        raise app.UsageError(f"--mode {FLAGS.mode} needs --config, e.g. {example}")
+    if FLAGS.mode == "correspondence":
+        from segic_jax.inference import correspondence
 
-    correspondence.run(FLAGS.config, FLAGS.workdir)
+        correspondence.run(FLAGS.config, FLAGS.workdir)
+        return
+    try:
+        if FLAGS.mode == "eval":
+            from segic_jax.evaluation import runner
+
+            results = runner.run(FLAGS.config, FLAGS.workdir)
+            if results["complete"]:
+                print(f"wrote {FLAGS.workdir}/results.md")
+        else:
+            from segic_jax.training import trainer
+
+            trainer.train(FLAGS.config, FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

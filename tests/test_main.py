@@ -1,4 +1,5 @@
-"""The README's main job: `python main.py --config configs/segic.py:demo --workdir ...`."""
+"""The correspondence job: `python main.py --mode correspondence --config configs/segic.py:demo ...`
+(the training main job is tested in test_trainer.py)."""
 
 import json
 import os
@@ -29,7 +30,8 @@ def _main(*args):
 
 
 def test_demo_command_writes_its_outputs(tmp_path):
-    result = _main("--config", "configs/segic.py:demo", "--workdir", str(tmp_path), "--config.image_size=224")
+    result = _main("--mode", "correspondence", "--config", "configs/segic.py:demo", "--workdir", str(tmp_path),
+                   "--config.image_size=224")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random vits14 weights" in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -40,7 +42,8 @@ def test_demo_command_writes_its_outputs(tmp_path):
 
 
 def test_bad_config_is_a_clear_error(tmp_path):
-    result = _main("--config", "configs/segic.py:demo", "--workdir", str(tmp_path), "--config.imagesize=224")
+    result = _main("--mode", "correspondence", "--config", "configs/segic.py:demo", "--workdir", str(tmp_path),
+                   "--config.imagesize=224")
     assert result.returncode != 0 and "imagesize" in result.stderr
     with pytest.raises(ValueError, match="unknown variant 'papr'"):
         segic_configs.get_config("papr")

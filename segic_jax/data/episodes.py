@@ -11,7 +11,9 @@ colour jitter, horizontal flip); instances visible in both views are matched by 
 number of them (0..max_instances, falling back to the first annotation) is kept.
 Semantic episodes (4.3): a target and a reference image containing the same class (sampled
 class-first as for COCO, or image-first as for ADE20K), each flipped (p 0.5) and scale-jittered
-(0.1-2.0, crop and pad) independently; one mask, the class name as text.
+(0.1-2.0, crop and pad) independently; one mask, the class name as text. `InstanceClassSampler`
+makes the same episodes from an instance dataset, a class's mask being the union of its
+instances (kind "class" in a mixture).
 
 Episode fields (a batch adds a leading B): target_image / reference_image (S, S, 3) float32 in
 [0, 255]; target_masks / reference_masks (K, S, S) bool; valid (K,) bool (a prefix);
@@ -60,6 +62,8 @@ def _pad(masks: np.ndarray, k: int, size: int) -> np.ndarray:
 
 class InstanceSampler:
     """Instance episodes from a decoded-on-read instance source (COCO, LVIS, synthetic)."""
+
+    prompt_names: list[str] = []  # instance episodes always use the instance prompt
 
     def __init__(self, source, size: int, max_instances: int, aug: InstanceAugment = InstanceAugment()):
         if len(source) == 0:
@@ -144,7 +148,7 @@ class SemanticSampler:
         self.images_of: dict[int, list[int]] = {}
         self.classes_of: list[list[int]] = []
         for i in tqdm(range(len(source)), desc="indexing classes", leave=False):
-            present = [int(c) for c in source[i]["classes"] if wanted is None or int(c) in wanted]
+            present = [c for c in self._classes(source[i]) if wanted is None or c in wanted]
             self.classes_of.append(present)
             for c in present:
                 self.images_of.setdefault(c, []).append(i)
@@ -152,6 +156,21 @@ class SemanticSampler:
         self.with_classes = [i for i, cs in enumerate(self.classes_of) if cs]
         if not self.class_ids:
             raise ValueError("no image of the semantic source contains a usable class")
+
+    def _classes(self, example) -> list[int]:
+        return [int(c) for c in example["classes"]]
+
+    def _image_and_mask(self, example, cls) -> tuple[np.ndarray, np.ndarray]:
+        data = decode_semantic(example)
+        return data["image"], data["label"] == cls
+
+    def name(self, cls: int) -> str:
+        return self.names[cls - 1]
+
+    @property
+    def prompt_names(self) -> list[str]:
+        """Every class name an episode can carry (for the text-feature table)."""
+        return [self.name(c) for c in self.class_ids]
 
     def _pick(self, rng):
         if self.rule == "class":
@@ -168,8 +187,8 @@ class SemanticSampler:
         return target, reference, cls
 
     def _view(self, rng, example, cls, square=False):
-        data = decode_semantic(example)
-        image, mask = data["image"].astype(np.float32), (data["label"] == cls).astype(np.float32) * 255
+        image, mask = self._image_and_mask(example, cls)
+        image, mask = image.astype(np.float32), mask.astype(np.float32) * 255
         if rng.random() < self.aug.flip_p:
             image, mask = image[:, ::-1], mask[:, ::-1]
         image, mask, hw = large_scale_jitter(rng, image, mask, self.size, self.aug.scale_range, square)
@@ -188,9 +207,33 @@ class SemanticSampler:
             "target_hw": target_hw,
             "reference_hw": reference_hw,
             "is_instance": np.bool_(False),
-            "class_name": self.names[cls - 1],
+            "class_name": self.name(cls),
             "image_id": np.int64(t),
         }
+
+
+class InstanceClassSampler(SemanticSampler):
+    """Semantic episodes from an instance source (the synthetic set, COCO, LVIS): the mask of a
+    class is the union of its instances, and its name is the annotations' category name."""
+
+    def __init__(self, source, size: int, max_instances: int, rule: str = "class",
+                 aug: SemanticAugment = SemanticAugment(), classes: Sequence[int] | None = None):
+        self._names: dict[int, str] = {}
+        super().__init__(source, [], size, max_instances, rule, aug, classes)
+
+    def _classes(self, example) -> list[int]:
+        objects = example["objects"]
+        ids = [int(c) for c in objects["category_id"]]
+        for c, n in zip(ids, objects["category_name"]):
+            self._names.setdefault(c, n.decode() if isinstance(n, bytes) else str(n))
+        return sorted(set(ids))
+
+    def _image_and_mask(self, example, cls) -> tuple[np.ndarray, np.ndarray]:
+        data = decode_instances(example)
+        return data["image"], data["masks"][data["category_ids"] == cls].any(0)
+
+    def name(self, cls: int) -> str:
+        return self._names[cls]
 
 
 def episode_stream(
@@ -222,9 +265,13 @@ def episode_stream(
     return ds if batch_size is None else ds.batch(batch_size, drop_remainder=True)
 
 
-def iterator(dataset: grain.MapDataset, workers: int = 0):
-    """A checkpointable iterator (`get_state` / `set_state`), with `workers` processes if > 0."""
-    it_ds = dataset.to_iter_dataset()
+def iterator(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 4, threads: int = 2):
+    """A checkpointable iterator (`get_state` / `set_state`), with `workers` processes if > 0.
+
+    Each process reads ahead `prefetch` elements with `threads` threads (grain's default, 500
+    elements with 16 threads, holds gigabytes of 896-px episodes and starves the training step
+    of CPU)."""
+    it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if workers > 0:
         from absl import flags
 
@@ -256,6 +303,8 @@ def mixture_samplers(data_dir: str, size: int, max_instances: int, parts=PAPER_M
             samplers.append(SemanticSampler(source, class_names(name, data_dir), size, max_instances, rule, semantic_aug))
         elif kind == "instance":
             samplers.append(InstanceSampler(source, size, max_instances, instance_aug))
+        elif kind == "class":
+            samplers.append(InstanceClassSampler(source, size, max_instances, rule or "class", semantic_aug))
         else:
             raise ValueError(f"unknown episode kind {kind!r} for {name}")
     return samplers

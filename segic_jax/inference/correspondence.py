@@ -31,7 +31,8 @@ def build_encoder(config) -> tuple[dinov2.Dinov2, str]:
     dtype = DTYPES[config.dtype]
     if config.dinov2.checkpoint:
         return dinov2.load(config.dinov2.checkpoint, dtype=dtype), f"converted weights from {config.dinov2.checkpoint}"
-    cfg = dinov2.dinov2_config(config.dinov2.arch)
+    overrides = {"depth": config.dinov2.depth} if config.dinov2.get("depth", 0) else {}
+    cfg = dinov2.dinov2_config(config.dinov2.arch, **overrides)
     return dinov2.Dinov2(cfg, dtype=dtype, rngs=nnx.Rngs(config.seed)), f"random {config.dinov2.arch} weights"
 
 

@@ -10,6 +10,7 @@ the target, and the pass-A prediction (> 0) on the original target becomes the r
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -49,32 +50,58 @@ def step_decay_schedule(base: float, steps_per_epoch: int, drop_epoch: int = 10,
     return optax.piecewise_constant_schedule(base, {steps_per_epoch * drop_epoch: factor})
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What the reference fixes in its training forward (SEGIC_SPEC.md 2.5, 3.1); static under jit."""
+
+    box_prob: float = 0.5  # per target, give the ground-truth box as a prompt
+    cross_prob: float = 0.5  # per target, use the cross-instance tokens
+    reverse_context: bool = True  # second pass with target and reference swapped (3.3)
+    num_points: int = losses.NUM_POINTS
+    oversample: float = losses.OVERSAMPLE
+    importance: float = losses.IMPORTANCE
+
+
 class StepOutput(NamedTuple):
-    loss: jax.Array
-    loss_mask: jax.Array
-    loss_dice: jax.Array
-    loss_reverse: jax.Array
+    loss: jax.Array  # what is minimised: the mean of the passes' losses
+    loss_mask: jax.Array  # pass A (the forward context) cross-entropy
+    loss_dice: jax.Array  # pass A dice
+    loss_reverse: jax.Array  # pass B total (0 without reverse context)
+    iou: jax.Array  # pass A mask IoU at the model size, mean over valid masks
+    masks: jax.Array  # number of valid masks in the batch (the IoU's weight)
 
 
 def _features(encoder, images, hw):
     return jax.lax.stop_gradient(patch_features(encoder, images, hw))
 
 
-def _pass(head: SegicHead, key, target_feats, ref_inst, valid, text, target_masks):
+def _pass(head: SegicHead, options: StepOptions, key, target_feats, ref_inst, valid, text, target_masks):
     b = target_feats.shape[0]
     k_box, k_cross, k_loss = jax.random.split(key, 3)
-    use_box = jax.random.uniform(k_box, (b,)) > 0.5
-    cross = jax.random.uniform(k_cross, (b,)) > 0.5
+    use_box = jax.random.uniform(k_box, (b,)) < options.box_prob
+    cross = jax.random.uniform(k_cross, (b,)) < options.cross_prob
     out = head.decode(target_feats, ref_inst, valid, text, mask_boxes(target_masks), use_box, cross)
     n = out.low_res.shape[0] * out.low_res.shape[1]
     loss = losses.mask_loss(
         k_loss, out.low_res.reshape((n,) + out.low_res.shape[2:]),
         target_masks.reshape((n,) + target_masks.shape[2:]), valid.reshape(n),
+        num_points=options.num_points, oversample=options.oversample, importance=options.importance,
     )
     return loss, out.low_res
 
 
-def loss_fn(head: SegicHead, encoder, text_table, batch: dict, key) -> StepOutput:
+def _mask_iou(low_res, masks, valid):
+    """Mean IoU over valid masks of (low_res upsampled > 0) against the (B, K, S, S) masks."""
+    size = masks.shape[-1]
+    pred = resize(jax.lax.stop_gradient(low_res), size=(size, size), axes=(-2, -1)) > 0
+    inter = (pred & masks).sum((-2, -1))
+    union = (pred | masks).sum((-2, -1))
+    iou = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+    count = valid.sum()
+    return (iou * valid).sum() / jnp.maximum(count, 1), pred, count
+
+
+def loss_fn(head: SegicHead, encoder, text_table, batch: dict, key, options: StepOptions = StepOptions()) -> StepOutput:
     """batch: an episode batch (segic_jax.data.episodes) plus `target_prompt` / `reference_prompt`
     (B,) int indices into `text_table` (V, Ct)."""
     t_feats = _features(encoder, batch["target_image"], batch["target_hw"])
@@ -86,25 +113,27 @@ def loss_fn(head: SegicHead, encoder, text_table, batch: dict, key) -> StepOutpu
     key_a, key_b = jax.random.split(key)
 
     ref_inst = masked_mean_features(r_feats, batch["reference_masks"])
-    loss_a, low_res = _pass(head, key_a, t_feats, ref_inst, valid, text_a, batch["target_masks"])
-    size = batch["target_masks"].shape[-1]
-    predicted = resize(jax.lax.stop_gradient(low_res), size=(size, size), axes=(-2, -1)) > 0
+    loss_a, low_res = _pass(head, options, key_a, t_feats, ref_inst, valid, text_a, batch["target_masks"])
+    iou, predicted, count = _mask_iou(low_res, batch["target_masks"], valid)
+    if not options.reverse_context:
+        return StepOutput(loss=loss_a.total, loss_mask=loss_a.loss_mask, loss_dice=loss_a.loss_dice,
+                          loss_reverse=jnp.zeros(()), iou=iou, masks=count)
     pseudo_inst = masked_mean_features(t_feats, predicted)
-    loss_b, _ = _pass(head, key_b, r_feats, pseudo_inst, valid, text_b, batch["reference_masks"])
+    loss_b, _ = _pass(head, options, key_b, r_feats, pseudo_inst, valid, text_b, batch["reference_masks"])
     return StepOutput(
         loss=(loss_a.total + loss_b.total) / 2, loss_mask=loss_a.loss_mask, loss_dice=loss_a.loss_dice,
-        loss_reverse=loss_b.total,
+        loss_reverse=loss_b.total, iou=iou, masks=count,
     )
 
 
 def train_step(head_graph, encoder_graph, tx: optax.GradientTransformation, params, rest, opt_state,
-               encoder_state, text_table, batch, key):
+               encoder_state, text_table, batch, key, options: StepOptions = StepOptions()):
     """One update of the head's trainable parameters. Pure: (params, opt_state) in and out, so
     jit can donate them. `rest` holds the head's non-trained variables (the PE buffer)."""
     encoder = nnx.merge(encoder_graph, encoder_state)
 
     def objective(p):
-        out = loss_fn(nnx.merge(head_graph, p, rest), encoder, text_table, batch, key)
+        out = loss_fn(nnx.merge(head_graph, p, rest), encoder, text_table, batch, key, options)
         return out.loss, out
 
     (_, out), grads = jax.value_and_grad(objective, has_aux=True)(params)

@@ -1,0 +1,538 @@
+"""The SEGIC training loop: sharded steps, checkpoints that resume exactly, metrics, evaluation.
+
+    python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
+    python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/
+
+One process per host (`jax.distributed.initialize` when the environment describes several);
+devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the head and its
+optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp" (replicated when
+it is 1). Process p reads episodes p, p + P, ... of the seeded stream, so the global batch does not
+depend on the number of hosts, and the loss is normalised over the global batch, so it does not
+depend on the number of devices either.
+
+Workdir layout:
+  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG, data iterator state
+                        (written asynchronously; a step without its commit marker is never read)
+  logs/                 TensorBoard events and metrics.jsonl
+  images/               predictions on a held-out episode at each evaluation
+  export/               the trained model as an inference checkpoint (head/, dinov2/, clip_text/),
+                        loadable with `Predictor.from_checkpoint` and `main.py --mode predict`
+  summary.json          final figures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from segic_jax import checkpoints, files
+from segic_jax.inference.correspondence import build_encoder
+from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, class_prompt
+from segic_jax.models import clip_text, dinov2
+from segic_jax.models.segic import SegicConfig, SegicHead
+from segic_jax.training import step as train_lib
+from segic_jax.training.writer import MetricWriter
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BATCH_AXES = ("data", "fsdp")
+STRING_FIELDS = ("class_name",)
+HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _dtype(name: str, field: str):
+    if name not in DTYPES:
+        raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def build_text_encoder(config) -> tuple[clip_text.ClipTextModel, clip_text.ClipTokenizer, str]:
+    """Frozen CLIP text model and tokenizer: converted (config.clip.checkpoint) or a random model of
+    config.clip.width / depth with the byte-level tokenizer (no download)."""
+    dtype = _dtype(config.dtype, "config.dtype")
+    if config.clip.checkpoint:
+        model = clip_text.load(config.clip.checkpoint, dtype=dtype)
+        return model, clip_text.ClipTokenizer.from_folder(config.clip.checkpoint), f"converted weights from {config.clip.checkpoint}"
+    vocab = clip_text.byte_vocab()
+    cfg = clip_text.ClipTextConfig(
+        vocab_size=len(vocab), width=config.clip.width, depth=config.clip.depth, num_heads=max(1, config.clip.width // 64),
+        mlp_dim=4 * config.clip.width, eos_token_id=vocab[clip_text.EOS_TOKEN],
+    )
+    model = clip_text.ClipTextModel(cfg, dtype=dtype, rngs=nnx.Rngs(config.seed + 1))
+    return model, clip_text.ClipTokenizer.bytes_only(), f"random {config.clip.depth}-layer CLIP text, byte tokenizer"
+
+
+def head_config(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicConfig:
+    if config.image_size % 14:
+        raise ValueError(f"config.image_size must be a multiple of 14, got {config.image_size}")
+    grid = config.image_size // 14
+    if (config.image_size * 2) % 7 or grid % 2:
+        raise ValueError(f"config.image_size {config.image_size}: the feature grid {grid} must be even (size a multiple of 28)")
+    return SegicConfig(
+        vision_dim=encoder.cfg.embed_dim, text_dim=text_model.cfg.width, image_size=config.image_size,
+    )
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def parse_mixture(spec: str) -> tuple[tuple[str, str, str, str | None], ...]:
+    """"name:split:kind[:rule],..." -> mixture_samplers parts. kind: semantic (rule class or
+    image), instance, or class (semantic episodes from an instance dataset)."""
+    parts = []
+    for entry in [e.strip() for e in spec.split(",") if e.strip()]:
+        fields = entry.split(":")
+        if len(fields) not in (3, 4) or fields[2] not in ("semantic", "instance", "class"):
+            raise ValueError(
+                f"config.data.mixture entry {entry!r}: expected name:split:kind[:rule] with kind "
+                "semantic, instance or class"
+            )
+        if fields[2] == "semantic" and (len(fields) < 4 or fields[3] not in ("class", "image")):
+            raise ValueError(f"config.data.mixture entry {entry!r}: a semantic dataset needs the rule class or image")
+        parts.append((fields[0], fields[1], fields[2], fields[3] if len(fields) == 4 else None))
+    if not parts:
+        raise ValueError("config.data.mixture is empty")
+    return tuple(parts)
+
+
+def ensure_builtin_datasets(parts, data_dir: str) -> None:
+    """Build the synthetic dataset on first use (it needs no files); others must be built."""
+    from segic_jax.data import build as build_lib
+
+    from segic_jax.data.builders import builder_class
+
+    for name in sorted({p[0] for p in parts}):
+        dataset, _, cfg = name.partition("/")
+        if dataset in build_lib.NEEDS_NO_FILES:
+            builder = builder_class(name)(data_dir=data_dir, file_format="array_record", **({"config": cfg} if cfg else {}))
+            if not builder.is_prepared():
+                print(f"building the built-in dataset {name} in {data_dir} (once)", flush=True)
+                build_lib.build(name, None, data_dir)
+
+
+class TextTable:
+    """Every prompt the episodes can use, with its CLIP feature row."""
+
+    def __init__(self, class_names: list[str]):
+        self.prompts = ["", INSTANCE_PROMPT] + sorted({class_prompt(n) for n in class_names if n} - {""})
+        self.index = {p: i for i, p in enumerate(self.prompts)}
+
+    def choose(self, rng: np.random.Generator, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
+        """Per image: the instance prompt, or "a photo of a {name}" with probability text_prob
+        (the draw independent per image, SEGIC_SPEC.md 2.3), else ""."""
+        out = np.empty(len(names), np.int32)
+        for i, (inst, name) in enumerate(zip(is_instance, names)):
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if inst:
+                out[i] = self.index[INSTANCE_PROMPT]
+            elif name and rng.random() < text_prob:
+                out[i] = self.index[class_prompt(name)]
+            else:
+                out[i] = self.index[""]
+        return out
+
+
+# --- sharding -------------------------------------------------------------------------------
+
+
+def make_mesh(fsdp: int) -> jax.sharding.Mesh:
+    n = jax.device_count()
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.mesh.fsdp {fsdp} must divide the device count {n}")
+    # Auto axes: XLA propagates the shardings through the model (no per-op annotations needed)
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=auto)
+
+
+def encoder_sharding(mesh, state) -> Any:
+    """Split each frozen weight matrix over "fsdp" along its largest divisible axis."""
+    size = mesh.shape["fsdp"]
+
+    def spec(x):
+        if size == 1 or x.ndim < 2:
+            return NamedSharding(mesh, P())
+        axes = [a for a in np.argsort(x.shape)[::-1] if x.shape[a] % size == 0]
+        if not axes:
+            return NamedSharding(mesh, P())
+        parts = [None] * x.ndim
+        parts[int(axes[0])] = "fsdp"
+        return NamedSharding(mesh, P(*parts))
+
+    return jax.tree.map(spec, state)
+
+
+# --- the trainer ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int
+    params: Any
+    opt_state: Any
+
+
+class Trainer:
+    """Everything a run needs, built from a config; `run()` trains to the end (or to SIGTERM)."""
+
+    def __init__(self, config, workdir: str):
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        c = config
+        if c.train.global_batch_size % jax.process_count():
+            raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {jax.process_count()} processes")
+        self.mesh = make_mesh(c.mesh.fsdp)
+        if c.train.global_batch_size % self.mesh.size:
+            raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
+        self.local_batch = c.train.global_batch_size // jax.process_count()
+        self.is_main = jax.process_index() == 0
+
+        # models
+        self.encoder, enc_note = build_encoder(c)
+        self.text_model, self.tokenizer, text_note = build_text_encoder(c)
+        self.head = SegicHead(head_config(c, self.encoder, self.text_model), rngs=nnx.Rngs(c.seed + 2))
+        self.notes = {"dinov2": enc_note, "clip_text": text_note}
+
+        # data
+        self.data_dir = os.path.abspath(os.path.expanduser(c.data.data_dir))
+        parts = parse_mixture(c.data.mixture)
+        if c.data.build_builtin:
+            ensure_builtin_datasets(parts, self.data_dir)
+        from segic_jax.data import episodes
+
+        weights = [float(w) for w in str(c.data.weights).split(",")] if c.data.weights else None
+        scale = tuple(float(x) for x in str(c.data.semantic_scale_range).split(","))
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"config.data.semantic_scale_range must be 'low,high' with 0 < low <= high, got {c.data.semantic_scale_range!r}")
+        self.samplers = episodes.mixture_samplers(
+            self.data_dir, c.image_size, c.data.max_instances, parts,
+            semantic_aug=episodes.SemanticAugment(scale_range=scale),
+        )
+        self.dataset = episodes.episode_stream(
+            self.samplers, batch_size=self.local_batch, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
+            weights=weights, shard_index=jax.process_index(), shard_count=jax.process_count(),
+        )
+        self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"config.train.samples_per_epoch {c.train.samples_per_epoch} is less than one global batch")
+        self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
+        self.iterator = episodes.iterator(self.dataset, c.data.workers, c.data.prefetch, c.data.threads)
+
+        # text prompts: encoded once, CLIP is not run in the step
+        self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
+        self.predictor = self._predictor(self.head)
+        self.text_table = jnp.asarray(self.predictor.text_features(self.text.prompts))
+
+        # optimizer and step
+        self.schedule = train_lib.step_decay_schedule(
+            c.train.learning_rate, self.steps_per_epoch, c.train.lr_drop_epoch, c.train.lr_drop_factor
+        )
+        self.tx = train_lib.optimizer(self.schedule, c.train.weight_decay)
+        self.options = train_lib.StepOptions(
+            box_prob=c.train.box_prob, cross_prob=c.train.cross_prob, reverse_context=c.train.reverse_context,
+            num_points=c.train.num_points, oversample=c.train.oversample, importance=c.train.importance,
+        )
+        self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
+        self.encoder_graph, encoder_state = nnx.split(self.encoder)
+        replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
+        params = jax.device_put(params, replicated)
+        self.rest = jax.device_put(self.rest, replicated)
+        self.encoder_state = jax.device_put(encoder_state, encoder_sharding(self.mesh, encoder_state))
+        self.text_table = jax.device_put(self.text_table, replicated)
+        opt_state = jax.jit(self.tx.init, out_shardings=replicated)(params)
+        self.state = TrainState(0, params, opt_state)
+        self.base_key = jax.random.key(c.seed)
+        self._step = jax.jit(
+            functools.partial(train_lib.train_step, self.head_graph, self.encoder_graph, self.tx, options=self.options),
+            donate_argnums=(0, 2),
+            out_shardings=(replicated, replicated, replicated),
+        )
+
+        self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
+        self.manager = self._manager()
+        self.writer = MetricWriter(os.path.join(self.workdir, "logs"), enabled=self.is_main)
+        self._stop_requested = False
+
+    # --- pieces ---------------------------------------------------------------------------
+
+    def _predictor(self, head: SegicHead) -> Predictor:
+        # one query per evaluation episode: batches of one image
+        return Predictor(head, self.encoder, self.text_model, self.tokenizer, batch_size=1)
+
+    def _manager(self):
+        import orbax.checkpoint as ocp
+
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.config.checkpoint.keep,
+            enable_async_checkpointing=self.config.checkpoint.use_async,
+            create=True,
+        )
+        return ocp.CheckpointManager(self.ckpt_dir, options=options)
+
+    def _state_tree(self) -> dict:
+        return {
+            "params": self.state.params,
+            "opt_state": self.state.opt_state,
+            "step": jnp.asarray(self.state.step, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
+            "rng": jax.random.key_data(self.base_key),
+        }
+
+    def save(self, force: bool = False) -> bool:
+        import grain
+        import orbax.checkpoint as ocp
+
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(self._state_tree()), data=grain.checkpoint.CheckpointSave(self.iterator)
+        )
+        return self.manager.save(self.state.step, args=args, force=force)
+
+    def restore(self) -> bool:
+        """Continue from the latest complete checkpoint, if there is one."""
+        import grain
+        import orbax.checkpoint as ocp
+
+        latest = self.manager.latest_step()
+        if latest is None:
+            return False
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
+        restored = self.manager.restore(
+            latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(self.iterator)
+            ),
+        )
+        tree = restored.state
+        self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
+        self.base_key = jax.random.wrap_key_data(tree["rng"])
+        return True
+
+    def next_batch(self) -> tuple[dict, dict]:
+        """The next global batch as sharded device arrays, plus its host-side fields."""
+        episode = next(self.iterator)
+        rng = np.random.default_rng((self.config.seed, self.state.step, jax.process_index()))
+        host = {k: episode[k] for k in HOST_ONLY_FIELDS}
+        arrays = {k: v for k, v in episode.items() if k not in HOST_ONLY_FIELDS}
+        # the reference image of a semantic episode carries the same class name, drawn independently
+        arrays["target_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
+        arrays["reference_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
+        batch = {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in arrays.items()
+        }
+        return batch, host
+
+    def train_step(self, batch: dict) -> train_lib.StepOutput:
+        key = jax.random.fold_in(self.base_key, self.state.step)
+        params, opt_state, out = self._step(
+            self.state.params, self.rest, self.state.opt_state, self.encoder_state, self.text_table, batch, key
+        )
+        self.state = TrainState(self.state.step + 1, params, opt_state)
+        return out
+
+    def current_head(self) -> SegicHead:
+        return nnx.merge(self.head_graph, jax.device_get(self.state.params), jax.device_get(self.rest))
+
+    def evaluate(self, tag: str) -> dict:
+        """Held-out evaluation of the current head (config.eval), with a prediction image."""
+        from segic_jax.evaluation import runner
+
+        c = self.config.eval
+        predictor = self._predictor(self.current_head())
+        data_dir = os.path.expanduser(c.data_dir) if c.data_dir else self.data_dir
+        dataset = c.dataset or None
+        result = runner.evaluate(
+            predictor, c.benchmark, data_dir, shots=c.shots, episodes=c.episodes, seed=c.seed, dataset=dataset,
+            progress=False,
+        )
+        scores = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.writer.scalars(self.state.step, scores)
+        if self.is_main and c.images:
+            image = runner.example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed)
+            files.write_png(os.path.join(self.workdir, "images", f"{tag}.png"), image)
+            self.writer.image(self.state.step, "eval/prediction", image)
+        return result
+
+    def export(self, out_dir: str | None = None) -> str:
+        """The trained head with the frozen encoders as an inference checkpoint."""
+        out_dir = out_dir or os.path.join(self.workdir, "export")
+        with files.atomic_directory(out_dir, overwrite=True) as tmp:
+            head = self.current_head()
+            checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head.cfg,
+                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(head))), source="segic-jax training")
+            checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", self.encoder.cfg,
+                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.encoder))), source=self.notes["dinov2"])
+            clip_dir = os.path.join(tmp, "clip_text")
+            extra = {}
+            if self.config.clip.checkpoint:
+                for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+                    if os.path.isfile(os.path.join(self.config.clip.checkpoint, name)):
+                        extra[name] = os.path.join(self.config.clip.checkpoint, name)
+            checkpoints.save_model(clip_dir, "clip_text", self.text_model.cfg,
+                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.text_model))),
+                                   source=self.notes["clip_text"], extra_files=extra)
+            if not extra:
+                clip_text.write_vocab(clip_dir)
+        return out_dir
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _on_sigterm(self, signum, frame):
+        self._stop_requested = True
+
+    def run(self) -> dict:
+        from clu import metrics as clu_metrics
+        from tqdm.auto import tqdm
+
+        c = self.config
+        resumed = self.restore()
+        if resumed:
+            print(f"resumed from step {self.state.step} in {self.ckpt_dir}", flush=True)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        Metrics = clu_metrics.Collection.create(
+            loss=clu_metrics.Average.from_output("loss"),
+            loss_mask=clu_metrics.Average.from_output("loss_mask"),
+            loss_dice=clu_metrics.Average.from_output("loss_dice"),
+            loss_reverse=clu_metrics.Average.from_output("loss_reverse"),
+            mask_iou=clu_metrics.Average.from_output("iou"),
+        )
+        summary: dict[str, Any] = {"resumed_from": self.state.step if resumed else None, **self.notes}
+        evals = {}
+        if c.eval.every_steps and c.eval.at_start and not resumed:
+            evals["untrained"] = self.evaluate("untrained")
+            print(f"step 0 (untrained): {_format_eval(evals['untrained'])}", flush=True)
+        losses: list[float] = []
+        metrics = None
+        start_step, t0 = self.state.step, time.time()
+        bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training", disable=not self.is_main or not c.log.progress)
+        stopped = False
+        try:
+            while self.state.step < self.num_steps:
+                if self._stop_requested or self.manager.reached_preemption(self.state.step):
+                    if self.manager.latest_step() != self.state.step:
+                        self.save(force=True)
+                    self.manager.wait_until_finished()
+                    stopped = True
+                    print(f"stopped at step {self.state.step}: checkpoint written", flush=True)
+                    break
+                batch, _ = self.next_batch()
+                out = self.train_step(batch)
+                update = Metrics.single_from_model_output(loss=out.loss, loss_mask=out.loss_mask, loss_dice=out.loss_dice,
+                                                          loss_reverse=out.loss_reverse, iou=out.iou)
+                metrics = update if metrics is None else metrics.merge(update)
+                step = self.state.step
+                bar.update(1)
+                if step % c.log.every_steps == 0 or step == self.num_steps:
+                    values = metrics.compute()
+                    values = {k: float(v) for k, v in values.items()}
+                    losses.append(values["loss"])
+                    elapsed = time.time() - t0
+                    rate = (step - start_step) / max(elapsed, 1e-9)
+                    values.update(learning_rate=float(self.schedule(step - 1)), steps_per_second=rate)
+                    self.writer.scalars(step, {f"train/{k}": v for k, v in values.items()})
+                    eta = (self.num_steps - step) / max(rate, 1e-9)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", iou=f"{values['mask_iou']:.3f}")
+                    if not c.log.progress:
+                        print(f"step {step}/{self.num_steps} loss {values['loss']:.4f} mask IoU {values['mask_iou']:.3f} "
+                              f"{rate:.2f} steps/s ETA {eta:.0f}s", flush=True)
+                    metrics = None
+                if c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0:
+                    self.save()
+                if c.eval.every_steps and (step % c.eval.every_steps == 0 or step == self.num_steps):
+                    evals[f"step_{step}"] = self.evaluate(f"step_{step:06d}")
+                    bar.write(f"step {step}: {_format_eval(evals[f'step_{step}'])}")
+            if not stopped:
+                if self.manager.latest_step() != self.state.step:
+                    self.save(force=True)
+                self.manager.wait_until_finished()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        summary.update(
+            step=self.state.step, num_steps=self.num_steps, stopped_early=stopped, train_losses=losses,
+            seconds=time.time() - t0, steps_per_second=(self.state.step - start_step) / max(time.time() - t0, 1e-9),
+            evaluations=evals,
+        )
+        if not stopped and self.is_main:
+            summary["export"] = self.export()
+        if self.is_main:
+            files.write_json(os.path.join(self.workdir, "summary.json"), _jsonable(summary))
+        self.writer.flush()
+        return summary
+
+    def close(self) -> None:
+        self.manager.close()
+        self.writer.close()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _format_eval(result: dict) -> str:
+    keys = [k for k in ("miou", "baseline_miou", "fb_iou") if k in result]
+    return ", ".join(f"{k} {result[k]:.1f}" for k in keys)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    return x
+
+
+def maybe_initialize_distributed() -> None:
+    """Join the other hosts when the environment describes a multi-process job (TPU pods, SLURM,
+    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set)."""
+    multi = (
+        bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    )
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def train(config, workdir: str) -> dict:
+    """Train as `config` says; returns the summary (also written to workdir/summary.json)."""
+    maybe_initialize_distributed()
+    trainer = Trainer(config, workdir)
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    if jax.process_index() == 0:
+        print(report(summary, config))
+    return summary
+
+
+def report(summary: dict, config) -> str:
+    """The end-of-run lines: steps, speed, held-out scores before and after, the export."""
+    lines = [f"trained {summary['step']}/{summary['num_steps']} steps at {summary['steps_per_second']:.2f} steps/s"
+             + (" (stopped early; run again to resume)" if summary["stopped_early"] else "")]
+    evals = summary["evaluations"]
+    if evals:
+        last = evals[max((k for k in evals if k.startswith("step_")), key=lambda k: int(k[5:]), default="untrained")]
+        name = f"{config.eval.benchmark} ({config.eval.episodes} held-out episodes)"
+        lines.append(f"{name} mIoU:")
+        if "untrained" in evals:
+            lines.append(f"  untrained model            {evals['untrained']['miou']:6.1f}")
+        lines.append(f"  trained model              {last['miou']:6.1f}")
+        lines.append(f"  propagated-mask baseline   {last['baseline_miou']:6.1f}  (similarity > 0.5, no decoder)")
+    if summary.get("export"):
+        lines.append(f"inference checkpoint: {summary['export']} (python main.py --mode predict --checkpoint ...)")
+    return "\n".join(lines)

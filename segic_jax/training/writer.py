@@ -1,0 +1,55 @@
+"""Training metrics out of the process: a JSON-lines log (always) and TensorBoard event files
+(tensorboardX, which needs no TensorFlow), scalars and images, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+class MetricWriter:
+    def __init__(self, logdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.logdir = logdir
+        self._tb = None
+        if enabled:
+            os.makedirs(logdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir)
+            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self._jsonl.flush()
+
+    def image(self, step: int, tag: str, image: np.ndarray) -> None:
+        """(H, W, 3) uint8."""
+        if self.enabled:
+            self._tb.add_image(tag, np.asarray(image, np.uint8), step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._tb.flush()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False
+
+
+def read_metrics(logdir: str) -> list[dict]:
+    """The JSON-lines log as a list of records (step, time, metric values)."""
+    path = os.path.join(logdir, "metrics.jsonl")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -151,13 +151,7 @@ class SegicHead(nnx.Module):
         ub, cr = per_row(use_box)[:, None], per_row(cross)[:, None]
         ones = jnp.ones((rows, 1), bool)
         real = jnp.concatenate([ones, ~ub, ub, ub, ones, cr & per_row(valid), ~cr], axis=1)
-        low_res, logits = self._decode_rows(target_features, candidates, real, sim.reshape(rows, s, s))
-        return Decoded(
-            logits=logits.reshape(b, k, s, s),
-            low_res=low_res.reshape((b, k) + low_res.shape[1:]),
-            similarity=sim,
-            points=points,
-        )
+        return self._decode_rows(target_features, candidates, real, sim, points)
 
     def decode_video_frame(
         self,
@@ -202,28 +196,27 @@ class SegicHead(nnx.Module):
         per_row = lambda x: jnp.broadcast_to(x[:, None], (b, k) + x.shape[1:]).reshape((rows,) + x.shape[1:])
         ones = jnp.ones((rows, 2), bool)  # padding point, text
         real = jnp.concatenate([per_row(valid), ones, per_row(reference_valid.reshape(b, k * r))], axis=1)
-        low_res, logits = self._decode_rows(target_features, candidates, real, sim.reshape(rows, s, s))
+        return self._decode_rows(target_features, candidates, real, sim, points)
+
+    def _decode_rows(self, target_features, candidates, real, sim, points) -> Decoded:
+        """The mask decoder on prompt rows, one per (target, instance).
+
+        candidates (B*K, N, D) sparse tokens, real (B*K, N) which of them are used (the others are
+        moved to the end and masked out), sim (B, K, S, S) the propagated masks (dense prompts),
+        points (B, K, 2) returned as they are.
+        """
+        cfg, pe = self.cfg, self.prompt_encoder
+        b, k, s = sim.shape[0], sim.shape[1], cfg.image_size
+        order = jnp.argsort(~real, axis=1, stable=True)
+        sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
+        dense = pe.mask_downscaling(sim.reshape(b * k, s, s) / cfg.tau).astype(jnp.float32)
+        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
+        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
+        low_res = masks[:, 0]  # mask token 0: single-mask output
+        logits = resize(low_res, scale_factor=s / low_res.shape[-1], method="bilinear", axes=(-2, -1))
         return Decoded(
             logits=logits.reshape(b, k, s, s),
             low_res=low_res.reshape((b, k) + low_res.shape[1:]),
             similarity=sim,
             points=points,
         )
-
-    def _decode_rows(self, target_features, candidates, real, masks_in):
-        """The mask decoder on prompt rows: K = rows / B rows per target.
-
-        candidates (B*K, N, D) sparse tokens, real (B*K, N) which of them are used (the others are
-        moved to the end and masked out), masks_in (B*K, S, S) dense similarity prompts.
-        -> low_res (B*K, S/3.5, S/3.5) decoder logits and logits (B*K, S, S) at the input size.
-        """
-        cfg, pe = self.cfg, self.prompt_encoder
-        k = candidates.shape[0] // target_features.shape[0]
-        order = jnp.argsort(~real, axis=1, stable=True)
-        sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
-        dense = pe.mask_downscaling(masks_in / cfg.tau).astype(jnp.float32)
-        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
-        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
-        low_res = masks[:, 0]  # mask token 0: single-mask output
-        logits = resize(low_res, scale_factor=cfg.image_size / low_res.shape[-1], method="bilinear", axes=(-2, -1))
-        return low_res, logits

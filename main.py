@@ -19,7 +19,7 @@ checkpoint; see segic_jax/inference/predict.py for what it writes.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -39,6 +39,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # orbax and grain log every save at INFO; -v 0 shows it
+        logging.set_verbosity(logging.WARNING)
     if FLAGS.mode == "predict":
         from segic_jax.inference import predict
         from segic_jax.inference.predictor import Predictor

@@ -272,3 +272,14 @@ def test_exported_model_runs_the_eval_command(uninterrupted, data_dir, tmp_path)
     scores = results["benchmarks"]["synthetic"]["1-shot"]
     assert scores["complete"] and scores["episodes"] == 4 and 0 <= scores["miou"] <= 100
     assert (tmp_path / "eval" / "results.md").exists()
+
+
+def test_the_step_compiles_once(data_dir, tmp_path):
+    trainer = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 3}), str(tmp_path))
+    try:
+        for _ in range(3):
+            batch, _ = trainer.next_batch()
+            jax.block_until_ready(trainer.train_step(batch).loss)
+        assert trainer._step._cache_size() == 1  # same shapes and shardings every step: no retrace
+    finally:
+        trainer.close()

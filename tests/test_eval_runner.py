@@ -343,3 +343,23 @@ def test_evaluate_checks_its_arguments(data_dir):
         runner.evaluate(fake, "fss1000", data_dir, shard_count=2)
     with pytest.raises(ValueError, match="fewer than the 3 shots"):
         runner.evaluate(fake, "fss1000", data_dir, shots=3)
+
+
+def test_coco20i_runs_end_to_end_on_its_real_layout(predictor, tmp_path):
+    import shutil
+
+    from fake_datasets import write_coco2014
+
+    coco = tmp_path / "coco14"
+    write_coco2014(str(coco), np.random.default_rng(0))
+    shutil.copytree(coco / "train2014", coco / "val2014")  # the same two images as the val split
+    shutil.copy(coco / "annotations" / "instances_train2014.json", coco / "annotations" / "instances_val2014.json")
+    data = str(tmp_path / "data")
+    build_cli.build("coco20i_semantic", str(coco), data)
+    # fold 1 holds class 6, the only class in both images
+    scores = runner.evaluate(predictor, "coco20i", data, fold=1, episodes=4, progress=False)
+    assert set(scores["folds"]) == {"1"} and scores["episodes"] == 4
+    assert scores["folds"]["1"]["classes"].keys() == {"6"}
+    assert 0 <= scores["miou"] <= 100 and 0 <= scores["fb_iou"] <= 100 and 0 <= scores["baseline_miou"] <= 100
+    with pytest.raises(ValueError, match="no class of COCO-20i fold 0 has 2 images"):
+        runner.evaluate(predictor, "coco20i", data, fold=0, episodes=4, progress=False)

@@ -32,7 +32,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown variant {variant!r} of configs/segic.py; choose demo, small or paper")
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.image_size = 896  # square model input, a multiple of 28
+    c.image_size = 896  # square model input, a multiple of 14
     c.dtype = "bfloat16"  # compute dtype of the frozen encoders (the head trains in float32)
 
     c.dinov2 = ml_collections.ConfigDict()

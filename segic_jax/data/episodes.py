@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segic_jax.data import augment
-from segic_jax.data.sources import decode_instances, decode_semantic
+from segic_jax.data.sources import decode_instances, decode_semantic, text
 from segic_jax.ops.resize import resize
 
 
@@ -225,7 +225,7 @@ class InstanceClassSampler(SemanticSampler):
         objects = example["objects"]
         ids = [int(c) for c in objects["category_id"]]
         for c, n in zip(ids, objects["category_name"]):
-            self._names.setdefault(c, n.decode() if isinstance(n, bytes) else str(n))
+            self._names.setdefault(c, text(n))
         return sorted(set(ids))
 
     def _image_and_mask(self, example, cls) -> tuple[np.ndarray, np.ndarray]:

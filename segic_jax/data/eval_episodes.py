@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax.data.sources import decode_image, decode_instances, decode_semantic
+from segic_jax.data.sources import decode_image, decode_instances, decode_semantic, text
 
 
 class Episode(NamedTuple):
@@ -155,7 +155,7 @@ def decode_item(kind: str, example: dict, class_id: int) -> Item:
     if kind == "fss1000":
         mask = decode_image(example["mask"])[..., 0] > 128
         name = example["class_name"]
-        return Item(decode_image(example["image"]), mask, None, name.decode() if isinstance(name, bytes) else name)
+        return Item(decode_image(example["image"]), mask, None, None if name is None else text(name))
     raise ValueError(f"unknown episode kind {kind!r}")
 
 

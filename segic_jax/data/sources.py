@@ -26,6 +26,11 @@ def data_source(name: str, split: str, data_dir: str):
         ) from None
 
 
+def text(value) -> str:
+    """A string feature as read back (TFDS gives bytes) -> str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """(H, W, 3) uint8 RGB from encoded bytes (any mode)."""
     from PIL import Image
@@ -43,7 +48,7 @@ def decode_instances(example: dict) -> dict:
         "image": decode_image(example["image"]),
         "masks": np.stack(masks) if masks else np.zeros((0, h, w), bool),
         "category_ids": np.asarray(objects["category_id"], np.int64),
-        "category_names": [n.decode() if isinstance(n, bytes) else n for n in objects["category_name"]],
+        "category_names": [text(n) for n in objects["category_name"]],
         "iscrowd": np.asarray(objects["iscrowd"], bool),
     }
 

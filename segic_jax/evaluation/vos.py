@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from segic_jax.data.sources import text
 from segic_jax.evaluation.metrics import davis_summary, davis_video
 from segic_jax.inference.video import VideoPropagator
 
@@ -69,8 +70,8 @@ def evaluate_davis2017(
             skipped += 1
             continue
         ex = source[index[video]]
-        names = [_text(n) for n in ex["frame_names"]]
-        first = names.index(_text(ex["mask_frames"][0]))
+        names = [text(n) for n in ex["frame_names"]]
+        first = names.index(text(ex["mask_frames"][0]))
         labels, palette = read_label_png(ex["masks"][0], f"{video}/{names[first]}.png")
         ids = sorted(set(np.unique(labels).tolist()) - {0, VOID})
         frames = propagator.segment(ex["frames"], {first: labels}, ids, name=video)
@@ -98,8 +99,8 @@ def summarize_davis2017(data_dir: str, out_dir: str, *, videos: Sequence[str] | 
     per_video = {}
     for video in tqdm(selected, desc="DAVIS 2017 J&F", unit="video"):
         ex = source[index[video]]
-        names = [_text(n) for n in ex["frame_names"]]
-        if [_text(n) for n in ex["mask_frames"]] != names:
+        names = [text(n) for n in ex["frame_names"]]
+        if [text(n) for n in ex["mask_frames"]] != names:
             raise ValueError(f"DAVIS video {video} in {data_dir} lacks the ground truth of some frames: cannot score it")
         gt = np.stack([read_label_png(m, f"{video}/{n}.png")[0] for m, n in zip(ex["masks"], names)])
         pred = np.stack([_read_prediction(os.path.join(out_dir, video, f"{n}.png"), gt.shape[1:]) for n in names])
@@ -141,15 +142,15 @@ def write_youtube_vos(
     counts = {"videos": 0, "frames": 0, "objects": 0, "late_objects": 0, "skipped": 0}
     for i in tqdm(range(shard_index, len(source), shard_count), desc="YouTube-VOS", unit="video"):
         ex = source[i]
-        video = _text(ex["video"])
+        video = text(ex["video"])
         folder = os.path.join(root, video)
         if os.path.isdir(folder):
             counts["skipped"] += 1
             continue
-        names = [_text(n) for n in ex["frame_names"]]
+        names = [text(n) for n in ex["frame_names"]]
         position = {n: t for t, n in enumerate(names)}
         annotations, palette = {}, None
-        given = sorted(zip((_text(f) for f in ex["mask_frames"]), ex["masks"]), key=lambda fm: position[fm[0]])
+        given = sorted(zip((text(f) for f in ex["mask_frames"]), ex["masks"]), key=lambda fm: position[fm[0]])
         for frame, data in given:
             labels, pal = read_label_png(data, f"{video}/{frame}.png")
             annotations[position[frame]] = labels
@@ -233,7 +234,7 @@ def _finish_submission(source, out_dir: str, rewrite: bool) -> str | None:
     done = {d for d in os.listdir(root) if not d.startswith(".")} if os.path.isdir(root) else set()
     if len(done) < len(source):
         return None
-    videos = sorted(_text(source[i]["video"]) for i in range(len(source)))
+    videos = sorted(text(source[i]["video"]) for i in range(len(source)))
     if not set(videos) <= done:
         return None
     if os.path.isfile(path) and not rewrite:
@@ -267,7 +268,7 @@ def _source(name: str, split: str, data_dir: str):
 
 
 def _video_index(source) -> dict[str, int]:
-    return {_text(source[i]["video"]): i for i in range(len(source))}
+    return {text(source[i]["video"]): i for i in range(len(source))}
 
 
 def _select(index: dict[str, int], videos: Sequence[str] | None) -> list[str]:
@@ -283,7 +284,3 @@ def _select(index: dict[str, int], videos: Sequence[str] | None) -> list[str]:
 def _check_shard(shard_index: int, shard_count: int) -> None:
     if shard_count < 1 or not 0 <= shard_index < shard_count:
         raise ValueError(f"need shard_count >= 1 and shard_index in 0..shard_count - 1, got {shard_index}/{shard_count}")
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -152,7 +152,8 @@ class Predictor:
             for i in range(0, len(images), self.batch_size)
         ])
 
-    def _text(self, prompts: Sequence[str]) -> np.ndarray:
+    def text_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, Ct) pooled CLIP features of the prompts (cached per prompt)."""
         missing = sorted({p for p in prompts if p not in self._text_cache})
         if missing:
             pooled = _encode_text(self._text_model[0], self._precision, self._text_model[1], jnp.asarray(self.tokenizer(missing)))
@@ -160,10 +161,6 @@ class Predictor:
         return np.stack([self._text_cache[p] for p in prompts])
 
     # --- public API -----------------------------------------------------------------------
-
-    def text_features(self, prompts: Sequence[str]) -> np.ndarray:
-        """(N, Ct) pooled CLIP features of the prompts (cached per prompt)."""
-        return self._text(prompts)
 
     def encode_context(
         self,
@@ -210,7 +207,7 @@ class Predictor:
             prompts = [class_prompt(n) for n in class_names]
         else:
             prompts = [""] * k
-        return Context(features=features, text=jnp.asarray(self._text(prompts)), prompts=tuple(prompts))
+        return Context(features=features, text=jnp.asarray(self.text_features(prompts)), prompts=tuple(prompts))
 
     def segment(self, targets: Sequence[np.ndarray], context: Context) -> list[Prediction]:
         """Segment every concept of `context` in each target image (uint8 (H, W, 3), any size)."""

@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from segic_jax import checkpoints, files
+from segic_jax.data.sources import text
 from segic_jax.inference.correspondence import build_encoder
 from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, class_prompt
 from segic_jax.models import clip_text, dinov2
@@ -45,7 +46,6 @@ from segic_jax.training.writer import MetricWriter
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_AXES = ("data", "fsdp")
-STRING_FIELDS = ("class_name",)
 HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
 
 
@@ -77,9 +77,6 @@ def build_text_encoder(config) -> tuple[clip_text.ClipTextModel, clip_text.ClipT
 def head_config(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicConfig:
     if config.image_size % 14:
         raise ValueError(f"config.image_size must be a multiple of 14, got {config.image_size}")
-    grid = config.image_size // 14
-    if (config.image_size * 2) % 7 or grid % 2:
-        raise ValueError(f"config.image_size {config.image_size}: the feature grid {grid} must be even (size a multiple of 28)")
     return SegicConfig(
         vision_dim=encoder.cfg.embed_dim, text_dim=text_model.cfg.width, image_size=config.image_size,
     )
@@ -134,7 +131,7 @@ class TextTable:
         (the draw independent per image, SEGIC_SPEC.md 2.3), else ""."""
         out = np.empty(len(names), np.int32)
         for i, (inst, name) in enumerate(zip(is_instance, names)):
-            name = name.decode() if isinstance(name, bytes) else str(name)
+            name = text(name)
             if inst:
                 out[i] = self.index[INSTANCE_PROMPT]
             elif name and rng.random() < text_prob:
@@ -230,8 +227,7 @@ class Trainer:
 
         # text prompts: encoded once, CLIP is not run in the step
         self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
-        self.predictor = self._predictor(self.head)
-        self.text_table = jnp.asarray(self.predictor.text_features(self.text.prompts))
+        self.text_table = jnp.asarray(self._predictor(self.head).text_features(self.text.prompts))
 
         # optimizer and step
         self.schedule = train_lib.step_decay_schedule(
@@ -339,7 +335,10 @@ class Trainer:
         return out
 
     def current_head(self) -> SegicHead:
-        return nnx.merge(self.head_graph, jax.device_get(self.state.params), jax.device_get(self.rest))
+        """The head with the current parameters, on one device (the predictor's programs run there:
+        copied once here, not with every call)."""
+        device = jax.local_devices()[0]
+        return nnx.merge(self.head_graph, *jax.device_put(jax.device_get((self.state.params, self.rest)), device))
 
     def evaluate(self, tag: str) -> dict:
         """Held-out evaluation of the current head (config.eval), with a prediction image."""

@@ -3,6 +3,8 @@
     python benchmarks/dinov2_forward.py --arch vits14 --sizes 224 448 --batch 8          # CPU
     python benchmarks/dinov2_forward.py --arch vitl14 --sizes 896 --batch 8 \
         --modes fp32 tf32 bf16                                                           # GPU
+    python benchmarks/dinov2_forward.py --arch vitl14 --sizes 896 --batch 8 \
+        --modes bf16 --no-torch                                                          # TPU
 
 The reference is Hugging Face's `Dinov2Model` (PyTorch SDPA attention) with the same shapes and
 random weights, on the same device. Modes: fp32 = float32 with full-precision matmuls on both
@@ -24,8 +26,16 @@ from flax import nnx
 
 from segic_jax.models import dinov2
 
-# Dense peaks by datasheet (TFLOP/s): fp32 (no tensor cores), tf32 and bf16 tensor cores.
-PEAKS = {"H200": {"fp32": 67, "tf32": 495, "bf16": 989}, "H100": {"fp32": 67, "tf32": 495, "bf16": 989}}
+# Dense peaks by datasheet (TFLOP/s): fp32 (no tensor cores), tf32 and bf16 tensor cores; TPU chips
+# (as `device_kind` names them) by their bf16 peak.
+PEAKS = {
+    "H200": {"fp32": 67, "tf32": 495, "bf16": 989},
+    "H100": {"fp32": 67, "tf32": 495, "bf16": 989},
+    "TPU v4": {"bf16": 275},
+    "TPU v5 lite": {"bf16": 197},
+    "TPU v5": {"bf16": 459},
+    "TPU v6 lite": {"bf16": 918},
+}
 
 
 def forward_flops(cfg: dinov2.Dinov2Config, size: int) -> float:
@@ -51,16 +61,18 @@ def _time(fn, iters: int, warmup: int = 2) -> float:
 
 def attention_check(cfg, size):
     """Relative error of the bf16 attention kernel the model uses, against float32 on the same inputs."""
-    from segic_jax.ops.attention import attention_implementation
+    from segic_jax.ops.attention import attention_implementation, force_implementation, multi_head_attention
 
     n, h, d = 1 + (size // cfg.patch_size) ** 2, cfg.num_heads, cfg.embed_dim // cfg.num_heads
-    q, k, v = jax.random.normal(jax.random.key(2), (3, 2, n, h, d), jnp.float32)
-    with jax.default_matmul_precision("highest"):
-        ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
-    impl = attention_implementation(jnp.bfloat16, d)
+    q, k, v = jax.random.normal(jax.random.key(2), (3, 2, n, h * d), jnp.float32)
+    attend = lambda q, k, v: multi_head_attention(q, k, v, h)
+    with jax.default_matmul_precision("highest"), force_implementation("xla"):
+        ref = jax.jit(attend)(q, k, v)
+    impl = attention_implementation(jnp.bfloat16, d, n, n)
     errs = {}
     for name in sorted({impl, "xla"}):
-        out = jax.nn.dot_product_attention(*(t.astype(jnp.bfloat16) for t in (q, k, v)), implementation=name)
+        with force_implementation(name):
+            out = jax.jit(attend)(*(t.astype(jnp.bfloat16) for t in (q, k, v)))
         errs[name] = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
     return impl, errs
 
@@ -142,7 +154,7 @@ def main():
             ips_jax = args.batch / t_jax
             t_torch = None if args.no_torch else bench_torch(cfg, size, args.batch, mode, args.iters, torch_device)
             ips_torch = args.batch / t_torch if t_torch else float("nan")
-            peak = f"{100 * ips_jax * flops / 1e12 / peaks[mode]:6.1f}" if peaks else "     -"
+            peak = f"{100 * ips_jax * flops / 1e12 / peaks[mode]:6.1f}" if peaks and mode in peaks else "     -"
             row = (
                 f"{size:>5} {mode:>5} {ips_jax:>10.2f} {ips_jax * flops / 1e12:>8.2f} {peak} "
                 f"{ips_torch:>11.2f} {ips_torch * flops / 1e12:>8.2f} {ips_jax / ips_torch:>9.2f}"

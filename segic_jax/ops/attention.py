@@ -1,17 +1,49 @@
-"""Multi-head attention on projected tokens, through `jax.nn.dot_product_attention`.
+"""Multi-head attention on projected tokens: the fastest kernel the device has.
 
-On NVIDIA GPUs (compute capability 8.0 and up) bf16/fp16 attention goes to cuDNN's fused flash
-attention: JAX's default implementation materialises the (heads, N, N) score matrix, which at
-DINOv2-L/896 (4097 tokens) made the whole forward pass 3.4x slower than PyTorch's SDPA on an
-H200. float32, CPUs and TPUs use the XLA implementation.
+- NVIDIA GPUs (compute capability 8.0 and up), bf16/fp16: cuDNN's fused flash attention through
+  `jax.nn.dot_product_attention`. JAX's default implementation materialises the (heads, N, N)
+  score matrix, which at DINOv2-L/896 (4097 tokens) made the whole forward pass 3.4x slower than
+  PyTorch's SDPA on an H200.
+- TPUs, bf16/fp16, at least `SPLASH_MIN_TOKENS` queries and keys (DINOv2 at high resolution):
+  the Pallas splash-attention kernel, which also never writes the scores to memory (at 896 px they
+  are 4097^2 x 16 heads x 2 bytes = 537 MB per image). Tokens are padded to whole 128-wide blocks
+  and the padding is kept out of the softmax with segment ids.
+- Everything else (float32, CPUs, short sequences such as the decoder's tokens and CLIP's 77): XLA.
+
+`force_implementation` pins one path, e.g. to run the TPU kernel on a CPU in Pallas' interpret
+mode (how the tests check it against XLA).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
 import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+SPLASH_MIN_TOKENS = 1024
+SPLASH_LANES = 128  # the kernel's block sizes are multiples of the TPU's 128 lanes
+
+_forced: list[str] = []
+
+
+@contextlib.contextmanager
+def force_implementation(name: str):
+    """Within the block (at trace time), every attention call uses `name` (see IMPLEMENTATIONS)."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+@functools.cache
+def _platform() -> str:
+    return jax.devices()[0].platform
 
 
 @functools.cache
@@ -23,15 +55,15 @@ def _gpu_supports_cudnn_attention() -> bool:
     return float(capability) >= 8.0
 
 
-def attention_implementation(dtype, head_dim: int) -> str:
-    """'cudnn' where cuDNN's fused attention applies, else 'xla'."""
-    if (
-        jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-        and head_dim % 8 == 0
-        and head_dim <= 128
-        and _gpu_supports_cudnn_attention()
-    ):
+def attention_implementation(dtype, head_dim: int, num_queries: int = 0, num_keys: int = 0) -> str:
+    """'cudnn', 'splash' or 'xla' for attention of this dtype and size on the default device."""
+    if _forced:
+        return _forced[-1]
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if half and head_dim % 8 == 0 and head_dim <= 128 and _gpu_supports_cudnn_attention():
         return "cudnn"
+    if half and min(num_queries, num_keys) >= SPLASH_MIN_TOKENS and _platform() == "tpu":
+        return "splash"
     return "xla"
 
 
@@ -52,9 +84,46 @@ def multi_head_attention(
     if c % num_heads:
         raise ValueError(f"width {c} is not divisible by {num_heads} heads")
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, t.shape[2] // num_heads)
-    impl = attention_implementation(q.dtype, c // num_heads)
-    out = jax.nn.dot_product_attention(
-        split(q), split(k), split(v), is_causal=is_causal, implementation=impl,
-        key_value_seq_lengths=None if key_lengths is None else key_lengths.astype(jnp.int32),
-    )
+    impl = attention_implementation(q.dtype, c // num_heads, nq, k.shape[1])
+    if impl == "splash":
+        out = _splash_attention(split(q), split(k), split(v), is_causal, key_lengths)
+    else:
+        out = jax.nn.dot_product_attention(
+            split(q), split(k), split(v), is_causal=is_causal, implementation=impl,
+            key_value_seq_lengths=None if key_lengths is None else key_lengths.astype(jnp.int32),
+        )
     return out.reshape(b, nq, v.shape[-1])
+
+
+def _splash_attention(q, k, v, is_causal: bool, key_lengths: jax.Array | None) -> jax.Array:
+    """Pallas splash attention; q (B, Nq, H, D), k/v (B, Nk, H, D) -> (B, Nq, H, D). Off a TPU
+    it runs in interpret mode (slow, for tests)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, nq, heads, d = q.shape
+    nk = k.shape[1]
+    nq_pad, nk_pad = (-(-n // SPLASH_LANES) * SPLASH_LANES for n in (nq, nk))
+    block_q, block_kv = (next(s for s in (512, 256, 128) if n % s == 0) for n in (nq_pad, nk_pad))
+    shape = (nq_pad, nk_pad)
+    mask = splash.MultiHeadMask([splash.CausalMask(shape) if is_causal else splash.FullMask(shape)] * heads)
+    sizes = splash.BlockSizes(
+        block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
+        block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
+        block_q_dq=block_q, block_kv_dq=block_kv,
+    )
+    kernel = splash.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=_platform() != "tpu")
+
+    lengths = jnp.full((b,), nk, jnp.int32) if key_lengths is None else key_lengths.astype(jnp.int32)
+    # Keys past a row's length get segment 1, every query segment 0: padding is never attended to.
+    kv_segments = (jnp.arange(nk_pad)[None, :] >= lengths[:, None]).astype(jnp.int32)
+    q_segments = jnp.zeros((nq_pad,), jnp.int32)
+
+    def heads_first(t, n_pad):  # (B, N, H, D) -> (B, H, N_pad, D)
+        return jnp.pad(t, ((0, 0), (0, n_pad - t.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    def one(q1, k1, v1, kv1):
+        return kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=q_segments, kv=kv1))
+
+    scale = jnp.asarray(d**-0.5, q.dtype)  # the kernel does not scale the logits itself
+    out = jax.vmap(one)(heads_first(q * scale, nq_pad), heads_first(k, nk_pad), heads_first(v, nk_pad), kv_segments)
+    return out.transpose(0, 2, 1, 3)[:, :nq]

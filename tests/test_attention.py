@@ -1,0 +1,109 @@
+"""Attention kernels: the TPU splash path (run here in Pallas' interpret mode) against XLA's
+attention, alone and inside DINOv2, and which kernel each device and dtype gets."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from segic_jax.models import dinov2
+from segic_jax.ops import attention
+from segic_jax.ops.attention import force_implementation, multi_head_attention
+
+
+def _qkv(rng, b, nq, nk, width, dtype=jnp.float32):
+    return tuple(jnp.asarray(rng.standard_normal((b, n, width)), dtype) for n in (nq, nk, nk))
+
+
+def _attend(impl, q, k, v, heads, **kw):
+    with force_implementation(impl), jax.default_matmul_precision("highest"):
+        return jax.jit(functools.partial(multi_head_attention, num_heads=heads, **kw))(q, k, v)
+
+
+@pytest.mark.parametrize(
+    "nq,nk,is_causal,lengths",
+    [
+        (70, 70, False, None),  # padded to one 128 block
+        (130, 300, False, None),  # queries and keys of different lengths, several blocks
+        (70, 200, False, (200, 37)),  # padded keys per row, as the decoder's token padding
+        (150, 150, True, None),  # causal, as CLIP's text tower
+    ],
+)
+def test_splash_matches_xla(rng, nq, nk, is_causal, lengths):
+    q, k, v = _qkv(rng, 2, nq, nk, 128)
+    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
+    ref = _attend("xla", q, k, v, 2, **kw)
+    out = _attend("splash", q, k, v, 2, **kw)
+    assert out.shape == ref.shape == (2, nq, 128)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=0)
+
+
+def test_splash_bf16_error_is_that_of_bf16(rng):
+    q, k, v = _qkv(rng, 1, 260, 260, 128)
+    exact = _attend("xla", q, k, v, 2)
+    err = {}
+    for impl in ("xla", "splash"):
+        out = _attend(impl, *(t.astype(jnp.bfloat16) for t in (q, k, v)), 2)
+        err[impl] = float(jnp.linalg.norm(out.astype(jnp.float32) - exact) / jnp.linalg.norm(exact))
+    assert err["splash"] < 1.5 * err["xla"] + 1e-3, err
+
+
+def test_splash_gradients_match_xla(rng):
+    q, k, v = _qkv(rng, 1, 70, 140, 64)
+    lengths = jnp.asarray([101])
+
+    def loss(impl, q, k, v):
+        with force_implementation(impl), jax.default_matmul_precision("highest"):
+            out = multi_head_attention(q, k, v, 1, key_lengths=lengths)
+        return jnp.sum(out * jnp.cos(out))
+
+    ref = jax.jit(jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(jax.grad(functools.partial(loss, "splash"), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=0)
+    assert float(jnp.abs(ref[1][:, 101:]).max()) == 0.0  # padded keys get no gradient
+
+
+def test_dinov2_through_splash_matches_xla(rng):
+    cfg = dinov2.Dinov2Config(embed_dim=128, depth=2, num_heads=2, pos_grid=5, num_register_tokens=4)
+    graphdef, state = nnx.split(dinov2.Dinov2(cfg, rngs=nnx.Rngs(0)))
+    images = jnp.asarray(rng.standard_normal((2, 98, 126, 3)), jnp.float32)  # 63 patches + 5 tokens
+
+    def forward(impl):
+        with force_implementation(impl), jax.default_matmul_precision("highest"):
+            return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens)(state, images)
+
+    np.testing.assert_allclose(np.asarray(forward("splash")), np.asarray(forward("xla")), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "platform,dtype,nq,nk,expected",
+    [
+        ("tpu", jnp.bfloat16, 4097, 4097, "splash"),  # DINOv2-L at 896 px
+        ("tpu", jnp.float32, 4097, 4097, "xla"),  # float32 stays exact
+        ("tpu", jnp.bfloat16, 257, 257, "xla"),  # short: XLA's fused attention
+        ("tpu", jnp.bfloat16, 7, 4096, "xla"),  # the decoder's token-to-image attention
+        ("cpu", jnp.bfloat16, 4097, 4097, "xla"),
+    ],
+)
+def test_kernel_choice(monkeypatch, platform, dtype, nq, nk, expected):
+    monkeypatch.setattr(attention, "_platform", lambda: platform)
+    monkeypatch.setattr(attention, "_gpu_supports_cudnn_attention", lambda: False)
+    assert attention.attention_implementation(dtype, 64, nq, nk) == expected
+
+
+def test_cudnn_on_recent_gpus_in_half_precision(monkeypatch):
+    monkeypatch.setattr(attention, "_platform", lambda: "gpu")
+    monkeypatch.setattr(attention, "_gpu_supports_cudnn_attention", lambda: True)
+    assert attention.attention_implementation(jnp.bfloat16, 64, 4097, 4097) == "cudnn"
+    assert attention.attention_implementation(jnp.float32, 64, 4097, 4097) == "xla"
+    assert attention.attention_implementation(jnp.bfloat16, 160, 4097, 4097) == "xla"  # head too wide for cuDNN
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="splash"):
+        with force_implementation("flash"):
+            pass

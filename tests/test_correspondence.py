@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,28 @@ def test_normalisation_zeroes_the_padding():
     out = np.asarray(normalize_images(jnp.asarray(images), jnp.asarray([[4, 5], [2, 3]])))
     np.testing.assert_allclose(out[0, 0, 0], (128 / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=0, atol=1e-6)
     assert np.all(out[1, 2:] == 0) and np.all(out[1, :, 3:] == 0) and np.all(out[1, :2, :3] != 0)
+
+
+@pytest.mark.parametrize(
+    "grid,mid,out,eps",
+    [((7, 9), (24, 31), (98, 126), 1e-8), ((5, 6), (3, 4), (10, 10), 1e-8), ((6, 6), (21, 21), (84, 84), 1e-4)],
+)
+def test_non_square_and_shrinking_maps_match_torch(rng, grid, mid, out, eps):
+    # Features with a shared component, as real ones (neighbours far from orthogonal), and one
+    # all-zero cell, where the norm clamp decides.
+    feats = (rng.standard_normal((2, *grid, 32)) + 2.0 * rng.standard_normal(32)).astype(np.float32)
+    feats[1, 2, 3] = 0.0
+    vecs = rng.standard_normal((2, 3, 32)).astype(np.float32)
+    t_feat = torch.from_numpy(feats).permute(0, 3, 1, 2)
+    up = F.interpolate(t_feat, size=mid, mode="bilinear", align_corners=False)
+    up = up / up.norm(dim=1, keepdim=True).clamp(min=eps)
+    vec = torch.from_numpy(vecs)
+    vec = vec / vec.norm(dim=2, keepdim=True).clamp(min=eps)
+    ref = F.interpolate(torch.einsum("bchw,bkc->bkhw", up, vec), size=out, mode="bilinear", align_corners=False).numpy()
+    ours = np.asarray(similarity_maps(jnp.asarray(feats), jnp.asarray(vecs), mid, out, eps=eps))
+    np.testing.assert_allclose(ours, ref, atol=2e-6, rtol=0)
+    # These maps are flat near their peaks, where rounding alone can move the argmax (torch's own
+    # order of operations against ours): the point must be a peak of the reference map.
+    x, y = np.asarray(peak_points(jnp.asarray(ours))).astype(int).transpose(2, 0, 1)
+    at_point = np.take_along_axis(ref.reshape(2, 3, -1), (y * out[1] + x)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(at_point, ref.max(axis=(-2, -1)), atol=2e-6, rtol=0)

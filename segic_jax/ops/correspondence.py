@@ -7,10 +7,13 @@ propagated mask, and the similarity peak is the point prompt. Every resize is Py
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from segic_jax.ops.resize import resize
+from segic_jax.ops.resize import interpolation_matrix, resize
 
 SIMILARITY_EPS = 1e-8
 VOS_SIMILARITY_EPS = 1e-4  # the reference's video path clamps the norms here (SEGIC_SPEC.md 5.6)
@@ -51,18 +54,54 @@ def similarity_maps(
 ) -> jax.Array:
     """Cosine similarity of `vectors` with the target features, as propagated masks.
 
-    features (B, h, w, C) are first upsampled to `mid_size` (224 x 224 for 896 inputs), compared
-    with vectors (B, K, C), and the (B, K, mid) maps upsampled to `out_size`. Returns
-    (B, K, H, W) float32 in [-1, 1]. Norms are clamped at `eps` before dividing.
+    As the reference: features (B, h, w, C) upsampled bilinearly to `mid_size` (224 x 224 for 896
+    inputs), compared with vectors (B, K, C), and the (B, K, mid) maps upsampled to `out_size`.
+    Returns (B, K, H, W) float32 in [-1, 1]. Norms are clamped at `eps` before dividing.
+
+    The upsampled features are never formed (at 896 px they are 205 MB per image): upsampling
+    is linear, so their dot products with the vectors are the upsampled low-resolution dot
+    products, and their squared norms follow from the inner products of neighbouring
+    low-resolution features (`_upsampled_sq_norms`).
     """
-    feats = resize(features.astype(jnp.float32), size=mid_size, method="bilinear")
-    sim = jnp.einsum(
-        "bhwc,bkc->bkhw",
-        _l2_normalize(feats, eps=eps),
-        _l2_normalize(vectors.astype(jnp.float32), eps=eps),
-        precision="highest",
-    )
+    feats = features.astype(jnp.float32)
+    unit = _l2_normalize(vectors.astype(jnp.float32), eps=eps)
+    dots = jnp.einsum("bhwc,bkc->bkhw", feats, unit, precision="highest")
+    dots = resize(dots, size=mid_size, method="bilinear", axes=(-2, -1))
+    norms = jnp.sqrt(jnp.maximum(_upsampled_sq_norms(feats, mid_size), 0.0))  # rounding can dip below 0
+    sim = dots / jnp.maximum(norms, eps)[:, None]
     return resize(sim, size=out_size, method="bilinear", axes=(-2, -1))
+
+
+@functools.lru_cache(maxsize=64)
+def _neighbour_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(3, out, in): P[1 + d][y, i] = M[y, i] * M[y, i + d] for the bilinear resize matrix M and
+    d in (-1, 0, 1), zero where i + d is outside. Each row of M mixes two adjacent inputs."""
+    m = interpolation_matrix(in_size, out_size, "bilinear")
+    rows, cols = np.nonzero(m)
+    if np.any(np.abs(cols[:, None] - cols[None, :])[rows[:, None] == rows[None, :]] > 1):
+        raise ValueError(f"bilinear resize {in_size} -> {out_size} mixes non-adjacent inputs")
+    out = np.zeros((3, out_size, in_size), np.float64)
+    out[1] = m * m
+    out[2, :, :-1] = m[:, :-1] * m[:, 1:]
+    out[0, :, 1:] = m[:, 1:] * m[:, :-1]
+    return out.astype(np.float32)
+
+
+def _upsampled_sq_norms(features: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """|U f|^2 at every pixel of the bilinear upsampling U f of features (B, h, w, C) to `size`,
+    -> (B, H', W'), without forming U f: with U = Mh (x) Mw,
+    |U f|^2 (y, x) = sum over offsets (di, dj) in {-1, 0, 1}^2 of
+                     sum_ij Ph_di[y, i] Pw_dj[x, j] <f[i, j], f[i + di, j + dj]>."""
+    b, h, w, _ = features.shape
+    ph, pw = _neighbour_weights(h, size[0]), _neighbour_weights(w, size[1])
+    padded = jnp.pad(features, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    total = 0.0
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            shifted = padded[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
+            gram = jnp.einsum("bijc,bijc->bij", features, shifted, precision="highest")
+            total = total + jnp.einsum("yi,bij,xj->byx", ph[1 + di], gram, pw[1 + dj], precision="highest")
+    return total
 
 
 def peak_points(maps: jax.Array) -> jax.Array:

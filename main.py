@@ -17,6 +17,7 @@ SEGIC's dense and point prompts.
 checkpoint; see segic_jax/inference/predict.py for what it writes.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -33,6 +34,11 @@ flags.DEFINE_multi_string("class_name", [], "predict: class of each --reference 
 flags.DEFINE_string("target", None, "predict: target image or folder of images")
 flags.DEFINE_bool("instance_prompt", False, "predict: use SEGIC's instance prompt instead of class names")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict: compute dtype of the encoders and head")
+flags.DEFINE_string(
+    "compilation_cache", "~/.cache/segic_jax/xla",
+    "JAX's persistent compilation cache: compiled programs are kept here and reused by later runs ('' = off; "
+    "JAX_COMPILATION_CACHE_DIR, when set, takes precedence)",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -41,6 +47,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # orbax and grain log every save at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
+    if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
     if FLAGS.mode == "predict":
         from segic_jax.inference import predict
         from segic_jax.inference.predictor import Predictor

@@ -4,7 +4,7 @@ implementation, measured in the same run on random weights and the same batch.
     python benchmarks/train_step.py --original ~/src/SEGIC --dinov2-repo ~/src/dinov2 \
         --arch vits14 --image-size 224 --batch 2 --instances 3                 # CPU, small backbone
     python benchmarks/train_step.py --original ~/src/SEGIC --dinov2-repo ~/src/dinov2 \
-        --arch vitl14 --image-size 896 --batch 4 --instances 3                 # GPU, as trained
+        --arch vitl14 --image-size 896 --batch 4 --instances 3 --remat-rows 0 8  # GPU, as trained
 
 --original is a checkout of MengLcool/SEGIC and --dinov2-repo one of facebookresearch/dinov2 (see
 benchmarks/segic_inference.py, whose loader and model builder this script uses). Without
@@ -27,6 +27,9 @@ the point-sampled mask loss (12544 points) -> gradients -> AdamW on the head.
     weights are the original's, converted with `python -m segic_jax.convert segic`, and the
     batch uses the instance prompt on both sides, so the first-step losses are comparable; they
     still differ through the random box / cross-instance choices and loss points.
+
+--remat-rows adds runs of ours with `train.remat_rows` (the decoder's B x K rows decoded in chunks
+of that many, each recomputed in the backward pass): the memory it saves and the time it costs.
 
 Each implementation runs in its own subprocess, pinned to --cpus cores when given (with 2 threads
 on 2 cores that other work also used, PyTorch's CPU step ran 13x slower than with 1 thread: its
@@ -276,7 +279,7 @@ def run_convert(args, workdir: str) -> dict:
     return {}
 
 
-def run_ours(args, workdir: str, dtype_name: str) -> dict:
+def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     import functools
 
     import jax
@@ -317,7 +320,7 @@ def run_ours(args, workdir: str, dtype_name: str) -> dict:
     text_table = jax.device_put(jnp.asarray(text_table), replicated)
     opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
     train_step = jax.jit(
-        functools.partial(train_lib.train_step, head_graph, encoder_graph, tx, options=train_lib.StepOptions()),
+        functools.partial(train_lib.train_step, head_graph, encoder_graph, tx, options=train_lib.StepOptions(remat_rows=remat_rows)),
         donate_argnums=(0, 2), out_shardings=(replicated, replicated, replicated),
     )
 
@@ -401,16 +404,16 @@ def report(args, results: dict) -> None:
     if original:
         row("original", "float32", original["times"], original, original["loss"])
         row("original, anomaly det.", "float32", original["anomaly_times"])
-    for dtype in args.dtypes:
-        r = results.get(f"ours-{dtype}")
+    ours = [(dtype, rows, results.get(f"ours-{dtype}-{rows}")) for dtype in args.dtypes for rows in args.remat_rows]
+    label = lambda rows: f"segic-jax, remat {rows} rows" if rows else "segic-jax"
+    for dtype, rows, r in ours:
         if r:
-            row("segic-jax", dtype, r["times"], r, r["loss"])
-    for dtype in args.dtypes:
-        r = results.get(f"ours-{dtype}")
+            row(label(rows), dtype, r["times"], r, r["loss"])
+    for dtype, rows, r in ours:
         if r:
             temp = f", XLA temporaries {r['xla_temp_mb']:.0f} MiB" if r["xla_temp_mb"] is not None else ""
-            print(f"  segic-jax {dtype}: {r['flops'] / 1e9:.1f} GFLOP per step (XLA cost analysis), compiled in "
-                  f"{r['compile_s']:.1f} s{temp}, weights {r['weights']}")
+            print(f"  {label(rows)} {dtype}: {r['flops'] / 1e9:.1f} GFLOP per step (XLA cost analysis; a "
+                  f"rematerialised loop body counts once), compiled in {r['compile_s']:.1f} s{temp}, weights {r['weights']}")
 
 
 def main():
@@ -424,6 +427,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps, after 2 warm-up steps")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
                         help="our frozen encoder's compute dtype")
+    parser.add_argument("--remat-rows", type=int, nargs="+", default=[0],
+                        help="ours with the decoder's rows rematerialised in chunks of this many (0: off); one run each")
     parser.add_argument("--cpus", type=int, help="pin each implementation to this many CPU cores (default: all); on a "
                         "shared machine 1 avoids PyTorch's threads stalling on one another")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -442,7 +447,8 @@ def main():
         elif args.worker == "convert":
             result = run_convert(args, args.workdir)
         else:
-            result = run_ours(args, args.workdir, args.worker.removeprefix("ours-"))
+            _, dtype, rows = args.worker.split("-")
+            result = run_ours(args, args.workdir, dtype, int(rows))
         with open(os.path.join(args.workdir, f"{args.worker}.json"), "w") as f:
             json.dump(result, f)
         return
@@ -456,7 +462,8 @@ def main():
             if results["original"] is not None and spawn("convert", workdir) is None:
                 raise SystemExit("the original's weights could not be converted")
         for dtype in args.dtypes:
-            results[f"ours-{dtype}"] = spawn(f"ours-{dtype}", workdir)
+            for rows in args.remat_rows:
+                results[f"ours-{dtype}-{rows}"] = spawn(f"ours-{dtype}-{rows}", workdir)
         report(args, {k: v for k, v in results.items() if v is not None})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -72,6 +72,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.train.num_points = 112 * 112
     c.train.oversample = 3.0
     c.train.importance = 0.75
+    # Decoder rows (targets x instances) per chunk for rematerialisation, 0 = off: the head's
+    # activations then need one chunk's memory, for ~20% more step time (benchmarks/RESULTS.md).
+    c.train.remat_rows = 0
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.fsdp = 1  # devices the frozen DINOv2 weights are split over; the rest is data parallel

@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import segic as segic_configs  # noqa: E402
 
 
-def _main(*args):
+def _main(*args, env=None):
     return subprocess.run(
-        [sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
     )
 
 
@@ -39,6 +39,24 @@ def test_demo_command_writes_its_outputs(tmp_path):
     for name in ("reference.png", "target_truth.png", "target_propagated.png"):
         assert Image.open(tmp_path / name).size == (224, 224)
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temporary files left
+
+
+def test_compiled_programs_are_kept_and_reused(tmp_path):
+    cache = tmp_path / "xla"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # keep every program, however quick to compile
+    args = ("--mode", "correspondence", "--config", "configs/segic.py:demo", "--config.image_size=112",
+            f"--compilation_cache={cache}")
+    first = _main(*args, "--workdir", str(tmp_path / "a"), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = sorted(os.listdir(cache))
+    assert kept
+    second = _main(*args, "--workdir", str(tmp_path / "b"), env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert sorted(os.listdir(cache)) == kept  # every program came from the cache: nothing new written
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in "ab"]
+    untimed = [{k: v for k, v in s.items() if not k.endswith("_s")} for s in summaries]
+    assert untimed[0] == untimed[1] and "peak_xy" in untimed[0]
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

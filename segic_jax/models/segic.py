@@ -105,6 +105,7 @@ class SegicHead(nnx.Module):
         boxes: jax.Array | None = None,
         use_box: jax.Array | None = None,
         cross: jax.Array | None = None,
+        remat_rows: int = 0,
     ) -> Decoded:
         """Segment each target once per reference instance.
 
@@ -117,6 +118,8 @@ class SegicHead(nnx.Module):
         boxes (B, K, 4) xyxy box prompts used where use_box (B,) is set (then without SAM's padding
         point); cross (B,) bool: all instances' tokens with the type embedding, else only the
         row's own token without it.
+        remat_rows > 0 (training): decode the B*K rows in chunks of this many, one after another,
+        recomputing each chunk's activations in the backward pass (less memory, more compute).
 
         Rows differ in how many sparse tokens they have; every row holds the same candidate
         slots, the unused ones are moved to the end and masked out of attention. Token order
@@ -151,7 +154,7 @@ class SegicHead(nnx.Module):
         ub, cr = per_row(use_box)[:, None], per_row(cross)[:, None]
         ones = jnp.ones((rows, 1), bool)
         real = jnp.concatenate([ones, ~ub, ub, ub, ones, cr & per_row(valid), ~cr], axis=1)
-        return self._decode_rows(target_features, candidates, real, sim, points)
+        return self._decode_rows(target_features, candidates, real, sim, points, remat_rows)
 
     def decode_video_frame(
         self,
@@ -198,21 +201,24 @@ class SegicHead(nnx.Module):
         real = jnp.concatenate([per_row(valid), ones, per_row(reference_valid.reshape(b, k * r))], axis=1)
         return self._decode_rows(target_features, candidates, real, sim, points)
 
-    def _decode_rows(self, target_features, candidates, real, sim, points) -> Decoded:
+    def _decode_rows(self, target_features, candidates, real, sim, points, remat_rows: int = 0) -> Decoded:
         """The mask decoder on prompt rows, one per (target, instance).
 
         candidates (B*K, N, D) sparse tokens, real (B*K, N) which of them are used (the others are
         moved to the end and masked out), sim (B, K, S, S) the propagated masks (dense prompts),
-        points (B, K, 2) returned as they are.
+        points (B, K, 2) returned as they are. remat_rows > 0: see `decode`.
         """
-        cfg, pe = self.cfg, self.prompt_encoder
+        cfg = self.cfg
         b, k, s = sim.shape[0], sim.shape[1], cfg.image_size
+        rows = b * k
         order = jnp.argsort(~real, axis=1, stable=True)
         sparse = jnp.take_along_axis(candidates, order[..., None], axis=1)
-        dense = pe.mask_downscaling(sim.reshape(b * k, s, s) / cfg.tau).astype(jnp.float32)
-        image = jnp.repeat(self.neck(target_features.astype(self.dtype)), k, axis=0)  # (B*K, g, g, D)
-        masks, _ = self.mask_decoder(image, pe.dense_pe(), sparse, dense, real.sum(axis=1))
-        low_res = masks[:, 0]  # mask token 0: single-mask output
+        image = self.neck(target_features.astype(self.dtype))  # (B, g, g, D): one per target
+        per_row = (sparse, sim.reshape(rows, s, s), real.sum(axis=1), jnp.arange(rows) // k)
+        if 0 < remat_rows < rows:
+            low_res = _rematerialised_rows(self, image, per_row, remat_rows)
+        else:
+            low_res = self._row_masks(image, *per_row)
         logits = resize(low_res, scale_factor=s / low_res.shape[-1], method="bilinear", axes=(-2, -1))
         return Decoded(
             logits=logits.reshape(b, k, s, s),
@@ -220,3 +226,26 @@ class SegicHead(nnx.Module):
             similarity=sim,
             points=points,
         )
+
+    def _row_masks(self, image, sparse, sim, lengths, target) -> jax.Array:
+        """Single-mask low-resolution logits (R, 4g, 4g) of R prompt rows: row r decodes
+        image[target[r]] with the sparse tokens sparse[r] (the first lengths[r] real) and the
+        dense prompt from its propagated mask sim[r] (S, S)."""
+        pe = self.prompt_encoder
+        dense = pe.mask_downscaling(sim / self.cfg.tau).astype(jnp.float32)
+        masks, _ = self.mask_decoder(image[target], pe.dense_pe(), sparse, dense, lengths)
+        return masks[:, 0]  # mask token 0: the single-mask output
+
+
+def _rematerialised_rows(head: SegicHead, image, per_row, chunk: int) -> jax.Array:
+    """`head._row_masks` over the rows in chunks of `chunk`, one after another (lax.map), each
+    under jax.checkpoint: the backward pass keeps only each chunk's inputs and recomputes its
+    activations, so the decoder's activations take the memory of one chunk instead of all rows."""
+    rows = per_row[0].shape[0]
+    n = -(-rows // chunk)
+    index = jnp.minimum(jnp.arange(n * chunk), rows - 1)  # the last chunk repeats the last row
+    chunks = tuple(x[index].reshape((n, chunk) + x.shape[1:]) for x in per_row)
+    graph, state = nnx.split(head)
+    decode = jax.checkpoint(lambda state, image, xs: nnx.merge(graph, state)._row_masks(image, *xs))
+    out = jax.lax.map(lambda xs: decode(state, image, xs), chunks)
+    return out.reshape((n * chunk,) + out.shape[2:])[:rows]

@@ -60,6 +60,7 @@ class StepOptions:
     num_points: int = losses.NUM_POINTS
     oversample: float = losses.OVERSAMPLE
     importance: float = losses.IMPORTANCE
+    remat_rows: int = 0  # > 0: decode in chunks of this many rows, recomputed in the backward pass
 
 
 class StepOutput(NamedTuple):
@@ -80,7 +81,7 @@ def _pass(head: SegicHead, options: StepOptions, key, target_feats, ref_inst, va
     k_box, k_cross, k_loss = jax.random.split(key, 3)
     use_box = jax.random.uniform(k_box, (b,)) < options.box_prob
     cross = jax.random.uniform(k_cross, (b,)) < options.cross_prob
-    out = head.decode(target_feats, ref_inst, valid, text, mask_boxes(target_masks), use_box, cross)
+    out = head.decode(target_feats, ref_inst, valid, text, mask_boxes(target_masks), use_box, cross, options.remat_rows)
     n = out.low_res.shape[0] * out.low_res.shape[1]
     loss = losses.mask_loss(
         k_loss, out.low_res.reshape((n,) + out.low_res.shape[2:]),

@@ -237,6 +237,7 @@ class Trainer:
         self.options = train_lib.StepOptions(
             box_prob=c.train.box_prob, cross_prob=c.train.cross_prob, reverse_context=c.train.reverse_context,
             num_points=c.train.num_points, oversample=c.train.oversample, importance=c.train.importance,
+            remat_rows=c.train.remat_rows,
         )
         self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
         self.encoder_graph, encoder_state = nnx.split(self.encoder)

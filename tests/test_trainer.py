@@ -225,6 +225,8 @@ def test_bad_configs_and_missing_datasets_give_clear_errors(data_dir, tmp_path):
         trainer_lib.make_mesh(3 * jax.device_count())
     with pytest.raises(ValueError, match="multiple of 14"):
         trainer_lib.Trainer(tiny_config(data_dir, image_size=50), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="config.train.remat_rows must be 0"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"train.remat_rows": -1}), str(tmp_path / "w"))
     assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
 
 

@@ -191,6 +191,8 @@ class Trainer:
         self.mesh = make_mesh(c.mesh.fsdp)
         if c.train.global_batch_size % self.mesh.size:
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
+        if c.train.remat_rows < 0:
+            raise ValueError(f"config.train.remat_rows must be 0 (off) or a number of decoder rows, got {c.train.remat_rows}")
         self.local_batch = c.train.global_batch_size // jax.process_count()
         self.is_main = jax.process_index() == 0
 

@@ -48,11 +48,9 @@ def _platform() -> str:
 
 @functools.cache
 def _gpu_supports_cudnn_attention() -> bool:
-    device = jax.devices()[0]
-    if device.platform != "gpu":
+    if _platform() != "gpu":
         return False
-    capability = getattr(device, "compute_capability", "0")
-    return float(capability) >= 8.0
+    return float(getattr(jax.devices()[0], "compute_capability", "0")) >= 8.0
 
 
 def attention_implementation(dtype, head_dim: int, num_queries: int = 0, num_keys: int = 0) -> str:
@@ -95,14 +93,13 @@ def multi_head_attention(
     return out.reshape(b, nq, v.shape[-1])
 
 
-def _splash_attention(q, k, v, is_causal: bool, key_lengths: jax.Array | None) -> jax.Array:
-    """Pallas splash attention; q (B, Nq, H, D), k/v (B, Nk, H, D) -> (B, Nq, H, D). Off a TPU
-    it runs in interpret mode (slow, for tests)."""
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, nq_pad: int, nk_pad: int, is_causal: bool):
+    """The splash kernel for these padded shapes, built once: building it processes the mask on the
+    host, and a DINOv2 trace asks for the same kernel in every block. Off a TPU it runs in
+    interpret mode (slow, for tests)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
-    b, nq, heads, d = q.shape
-    nk = k.shape[1]
-    nq_pad, nk_pad = (-(-n // SPLASH_LANES) * SPLASH_LANES for n in (nq, nk))
     block_q, block_kv = (next(s for s in (512, 256, 128) if n % s == 0) for n in (nq_pad, nk_pad))
     shape = (nq_pad, nk_pad)
     mask = splash.MultiHeadMask([splash.CausalMask(shape) if is_causal else splash.FullMask(shape)] * heads)
@@ -111,7 +108,18 @@ def _splash_attention(q, k, v, is_causal: bool, key_lengths: jax.Array | None) -
         block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
         block_q_dq=block_q, block_kv_dq=block_kv,
     )
-    kernel = splash.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=_platform() != "tpu")
+    with jax.ensure_compile_time_eval():  # concrete mask arrays, not tracers of the first caller's trace
+        return splash.make_splash_mha_single_device(mask, block_sizes=sizes, interpret=_platform() != "tpu")
+
+
+def _splash_attention(q, k, v, is_causal: bool, key_lengths: jax.Array | None) -> jax.Array:
+    """Pallas splash attention; q (B, Nq, H, D), k/v (B, Nk, H, D) -> (B, Nq, H, D)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+    b, nq, heads, d = q.shape
+    nk = k.shape[1]
+    nq_pad, nk_pad = (-(-n // SPLASH_LANES) * SPLASH_LANES for n in (nq, nk))
+    kernel = _splash_kernel(heads, nq_pad, nk_pad, is_causal)
 
     lengths = jnp.full((b,), nk, jnp.int32) if key_lengths is None else key_lengths.astype(jnp.int32)
     # Keys past a row's length get segment 1, every query segment 0: padding is never attended to.
@@ -122,7 +130,7 @@ def _splash_attention(q, k, v, is_causal: bool, key_lengths: jax.Array | None) -
         return jnp.pad(t, ((0, 0), (0, n_pad - t.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
 
     def one(q1, k1, v1, kv1):
-        return kernel(q1, k1, v1, segment_ids=splash.SegmentIds(q=q_segments, kv=kv1))
+        return kernel(q1, k1, v1, segment_ids=SegmentIds(q=q_segments, kv=kv1))
 
     scale = jnp.asarray(d**-0.5, q.dtype)  # the kernel does not scale the logits itself
     out = jax.vmap(one)(heads_first(q * scale, nq_pad), heads_first(k, nk_pad), heads_first(v, nk_pad), kv_segments)

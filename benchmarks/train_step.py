@@ -292,11 +292,12 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     from segic_jax.models import dinov2
     from segic_jax.models.segic import SegicConfig, SegicHead
     from segic_jax.training import step as train_lib
-    from segic_jax.training.trainer import BATCH_AXES, DTYPES, encoder_sharding, make_mesh
+    from segic_jax.inference.predictor import compute_dtype
+    from segic_jax.training.trainer import BATCH_AXES, encoder_sharding, make_mesh
 
     device = jax.devices()[0]
     memory = CpuMemory() if device.platform == "cpu" else JaxDeviceMemory(device)
-    dtype = DTYPES[dtype_name]
+    dtype = compute_dtype(dtype_name)
     converted = os.path.join(workdir, CONVERTED)
     if os.path.isdir(converted):
         encoder = dinov2.load(os.path.join(converted, "dinov2"), dtype=dtype)
@@ -358,7 +359,7 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     return dict(
         times=times, loss=float(first), **measured, flops=flops, compile_s=compile_s,
         xla_temp_mb=plan.temp_size_in_bytes / 2**20 if plan else None, weights=weights,
-        peak_tflops=peaks and peaks["bf16" if dtype_name == "bfloat16" else "tf32"],
+        peak_tflops=peaks and peaks.get("bf16" if dtype_name == "bfloat16" else "tf32"),
         device=f"{device.device_kind} (JAX {jax.__version__})",
     )
 

@@ -23,6 +23,13 @@ import numpy as np
 
 from segic_jax import files
 
+
+def check_shard(shard_index: int, shard_count: int) -> tuple[int, int]:
+    """(shard_index, shard_count), or a ValueError unless 0 <= shard_index < shard_count."""
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in 0..shard_count-1 and shard_count >= 1, got {shard_index} of {shard_count}")
+    return shard_index, shard_count
+
 SPEC_FILE = "spec.json"
 EPISODES_FILE = "episodes.json"
 

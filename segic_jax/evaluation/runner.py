@@ -40,7 +40,7 @@ from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_semantic
 from segic_jax.evaluation import records, report
 from segic_jax.evaluation.metrics import IoUMeter, confusion
-from segic_jax.inference.predictor import DTYPES, Context, Predictor, check_checkpoint
+from segic_jax.inference.predictor import Context, Predictor, check_checkpoint, compute_dtype
 
 
 def baseline_protocol(threshold: float) -> str:
@@ -371,12 +371,6 @@ def _video(benchmark: str, predictor, data_dir: str, out_dir: str, memory: str, 
     return vos.write_youtube_vos(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1])
 
 
-def _check_shard(shard_index: int, shard_count: int) -> tuple[int, int]:
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in 0..shard_count-1 and shard_count >= 1, got {shard_index} of {shard_count}")
-    return shard_index, shard_count
-
-
 def evaluate(
     predictor,
     benchmark: str,
@@ -409,7 +403,7 @@ def evaluate(
     "complete" (False, with the progress, while other shards are not done); video benchmarks
     return what `segic_jax.evaluation.vos` returns.
     """
-    shard = _check_shard(shard_index, shard_count)
+    shard = records.check_shard(shard_index, shard_count)
     _check_benchmark(benchmark)
     if shard_count > 1 and not workdir:
         raise ValueError("sharding needs a workdir shared by the shards, where their records are merged")
@@ -461,7 +455,7 @@ def _check_config(config) -> None:
         raise ValueError("config.benchmarks is empty; choose from " + ", ".join(KNOWN))
     if not config.shots or any(int(s) < 1 for s in config.shots):
         raise ValueError(f"config.shots must list shot counts >= 1, got {tuple(config.shots)}")
-    _check_shard(config.shard_index, config.shard_count)
+    records.check_shard(config.shard_index, config.shard_count)
     if not config.checkpoint:
         raise ValueError("set --config.checkpoint to a converted SEGIC directory (python -m segic_jax.convert segic ...)")
 
@@ -471,8 +465,7 @@ def run(config, workdir: str) -> dict:
     results.md and plots to `workdir` once every shard's episodes are done. Returns the results
     (with "complete": False and the progress while shards are missing)."""
     _check_config(config)
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    compute_dtype(config.dtype, "config.dtype")  # a bad name fails before any work
     checkpoint = os.path.abspath(config.checkpoint)
     check_checkpoint(checkpoint)
     image_size = checkpoints.load_config(os.path.join(checkpoint, "head"), "segic_head").image_size

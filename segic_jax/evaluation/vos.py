@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from segic_jax.data.sources import text
 from segic_jax.evaluation.metrics import davis_summary, davis_video
+from segic_jax.evaluation.records import check_shard
 from segic_jax.inference.video import VideoPropagator
 
 SUBMISSION_ZIP = "submission.zip"
@@ -58,7 +59,7 @@ def evaluate_davis2017(
     and "skipped" (videos segmented by this call / found on disk); before that (other shards still
     running) {"complete": False, "written", "skipped", "missing": [videos]}.
     """
-    _check_shard(shard_index, shard_count)
+    check_shard(shard_index, shard_count)
     source = _source("davis2017", "val", data_dir)
     index = _video_index(source)
     selected = _select(index, videos)
@@ -80,7 +81,7 @@ def evaluate_davis2017(
     missing = [v for v in selected if not os.path.isdir(os.path.join(out_dir, v))]
     if missing:
         return {"complete": False, "written": written, "skipped": skipped, "missing": missing}
-    return {**summarize_davis2017(data_dir, out_dir, videos=selected), "written": written, "skipped": skipped}
+    return {**_score_davis(source, index, selected, out_dir, data_dir), "written": written, "skipped": skipped}
 
 
 def summarize_davis2017(data_dir: str, out_dir: str, *, videos: Sequence[str] | None = None) -> dict:
@@ -96,6 +97,11 @@ def summarize_davis2017(data_dir: str, out_dir: str, *, videos: Sequence[str] | 
             f"no predictions under {out_dir} for videos {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
             "run evaluate_davis2017 (every shard) first"
         )
+    return _score_davis(source, index, selected, out_dir, data_dir)
+
+
+def _score_davis(source, index: dict[str, int], selected: Sequence[str], out_dir: str, data_dir: str) -> dict:
+    """summarize_davis2017 on an open source whose `selected` videos all have predictions."""
     per_video = {}
     for video in tqdm(selected, desc="DAVIS 2017 J&F", unit="video"):
         ex = source[index[video]]
@@ -135,7 +141,7 @@ def write_youtube_vos(
     with `late_objects`), "skipped" (found on disk), "complete" (every video written) and "zip"
     (the submission's path once complete, else None).
     """
-    _check_shard(shard_index, shard_count)
+    check_shard(shard_index, shard_count)
     source = _source("youtube_vos", "valid", data_dir)
     root = os.path.join(out_dir, "Annotations")
     propagator = VideoPropagator(predictor, memory)
@@ -207,10 +213,11 @@ def _write_video(folder: str, names: Sequence[str], frames, palette: list[int] |
     parent, base = os.path.split(os.path.abspath(folder))
     for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.partial-*")):  # from a killed run
         shutil.rmtree(stale, ignore_errors=True)
+    palette = palette or davis_palette()
     with files.atomic_directory(folder) as tmp:
         for name, frame in zip(names, frames):
             img = Image.fromarray(frame.labels, "P")
-            img.putpalette(palette or davis_palette())
+            img.putpalette(palette)
             img.save(os.path.join(tmp, f"{name}.png"))
 
 
@@ -281,6 +288,3 @@ def _select(index: dict[str, int], videos: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(videos))
 
 
-def _check_shard(shard_index: int, shard_count: int) -> None:
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"need shard_count >= 1 and shard_index in 0..shard_count - 1, got {shard_index}/{shard_count}")

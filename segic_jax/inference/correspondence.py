@@ -20,15 +20,12 @@ from flax import nnx
 from segic_jax import files, visualize
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.models import dinov2
+from segic_jax.inference.predictor import compute_dtype
 from segic_jax.ops.correspondence import masked_mean_features, peak_points, similarity_maps
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_encoder(config) -> tuple[dinov2.Dinov2, str]:
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
-    dtype = DTYPES[config.dtype]
+    dtype = compute_dtype(config.dtype, "config.dtype")
     if config.dinov2.checkpoint:
         return dinov2.load(config.dinov2.checkpoint, dtype=dtype), f"converted weights from {config.dinov2.checkpoint}"
     overrides = {"depth": config.dinov2.depth} if config.dinov2.get("depth", 0) else {}

@@ -38,6 +38,13 @@ INSTANCE_PROMPT = "please segment the instances"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def compute_dtype(name: str, field: str = "dtype"):
+    """The jnp dtype called `name` (see DTYPES); an unknown name is a ValueError naming `field`."""
+    if name not in DTYPES:
+        raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 def class_prompt(name: str) -> str:
     """SEGIC's meta prompt for a class name ("" for no name)."""
     return f"a photo of a {name}" if name else ""
@@ -117,10 +124,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str, *, dtype: str = "float32", **kwargs) -> "Predictor":
         """Load a directory written by `python -m segic_jax.convert segic` (head/, dinov2/, clip_text/)."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        compute = compute_dtype(dtype)
         check_checkpoint(path)
-        compute = DTYPES[dtype]
         head = checkpoints.load_model(os.path.join(path, "head"), "segic_head", dtype=compute)
         encoder = dinov2.load(os.path.join(path, "dinov2"), dtype=compute)
         text_model = clip_text.load(os.path.join(path, "clip_text"), dtype=compute)

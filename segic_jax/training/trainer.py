@@ -36,15 +36,16 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from segic_jax import checkpoints, files
+from segic_jax.conversion.clip_text import TOKENIZER_FILES
+from segic_jax.conversion.core import find_files
 from segic_jax.data.sources import text
 from segic_jax.inference.correspondence import build_encoder
-from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, class_prompt
+from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, class_prompt, compute_dtype
 from segic_jax.models import clip_text, dinov2
 from segic_jax.models.segic import SegicConfig, SegicHead
 from segic_jax.training import step as train_lib
 from segic_jax.training.writer import MetricWriter
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_AXES = ("data", "fsdp")
 HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
 
@@ -52,16 +53,10 @@ HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
 # --- models ---------------------------------------------------------------------------------
 
 
-def _dtype(name: str, field: str):
-    if name not in DTYPES:
-        raise ValueError(f"{field} must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
 def build_text_encoder(config) -> tuple[clip_text.ClipTextModel, clip_text.ClipTokenizer, str]:
     """Frozen CLIP text model and tokenizer: converted (config.clip.checkpoint) or a random model of
     config.clip.width / depth with the byte-level tokenizer (no download)."""
-    dtype = _dtype(config.dtype, "config.dtype")
+    dtype = compute_dtype(config.dtype, "config.dtype")
     if config.clip.checkpoint:
         model = clip_text.load(config.clip.checkpoint, dtype=dtype)
         return model, clip_text.ClipTokenizer.from_folder(config.clip.checkpoint), f"converted weights from {config.clip.checkpoint}"
@@ -373,11 +368,7 @@ class Trainer:
             checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", self.encoder.cfg,
                                    checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.encoder))), source=self.notes["dinov2"])
             clip_dir = os.path.join(tmp, "clip_text")
-            extra = {}
-            if self.config.clip.checkpoint:
-                for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-                    if os.path.isfile(os.path.join(self.config.clip.checkpoint, name)):
-                        extra[name] = os.path.join(self.config.clip.checkpoint, name)
+            extra = find_files(self.config.clip.checkpoint, TOKENIZER_FILES) if self.config.clip.checkpoint else {}
             checkpoints.save_model(clip_dir, "clip_text", self.text_model.cfg,
                                    checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.text_model))),
                                    source=self.notes["clip_text"], extra_files=extra)

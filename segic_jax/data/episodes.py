@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segic_jax.data import augment
-from segic_jax.data.sources import decode_instances, decode_semantic, text
+from segic_jax.data.sources import class_mask, decode_image, decode_instances, decode_semantic, text
 from segic_jax.ops.resize import resize
 
 
@@ -229,8 +229,7 @@ class InstanceClassSampler(SemanticSampler):
         return sorted(set(ids))
 
     def _image_and_mask(self, example, cls) -> tuple[np.ndarray, np.ndarray]:
-        data = decode_instances(example)
-        return data["image"], data["masks"][data["category_ids"] == cls].any(0)
+        return decode_image(example["image"]), class_mask(example, cls)
 
     def name(self, cls: int) -> str:
         return self._names[cls]

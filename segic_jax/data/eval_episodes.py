@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax.data.sources import decode_image, decode_instances, decode_semantic, text
+from segic_jax.data.sources import class_mask, decode_image, decode_semantic, text
 
 
 class Episode(NamedTuple):
@@ -148,10 +148,9 @@ def decode_item(kind: str, example: dict, class_id: int) -> Item:
         data = decode_semantic(example)
         return Item(data["image"], data["label"] == class_id, data["label"] == 255, None)
     if kind in ("lvis92i", "synthetic"):
-        data = decode_instances(example)
-        of_class = data["category_ids"] == class_id
-        name = data["category_names"][int(np.flatnonzero(of_class)[0])] if of_class.any() else None
-        return Item(data["image"], data["masks"][of_class].any(0), None, name)
+        objects = example["objects"]
+        names = [text(n) for n, c in zip(objects["category_name"], objects["category_id"]) if int(c) == class_id]
+        return Item(decode_image(example["image"]), class_mask(example, class_id), None, names[0] if names else None)
     if kind == "fss1000":
         mask = decode_image(example["mask"])[..., 0] > 128
         name = example["class_name"]

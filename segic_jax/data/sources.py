@@ -53,6 +53,16 @@ def decode_instances(example: dict) -> dict:
     }
 
 
+def class_mask(example: dict, class_id: int) -> np.ndarray:
+    """(H, W) bool union of the instance masks of `class_id`, decoding only those instances' RLEs."""
+    objects = example["objects"]
+    mask = np.zeros((int(example["height"]), int(example["width"])), bool)
+    for r, c in zip(objects["rle"], objects["category_id"]):
+        if int(c) == class_id:
+            mask |= rle.decode(r)
+    return mask
+
+
 def class_names(name: str, data_dir: str) -> list[str]:
     """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
     import tensorflow_datasets as tfds

@@ -273,7 +273,7 @@ def test_one_compiled_step_serves_videos_with_the_same_padded_object_count(predi
     assert video._step._cache_size() == compiled
 
 
-def test_video_modules_do_not_import_tensorflow(tmp_path):
+def test_evaluation_modules_do_not_import_tensorflow(tmp_path):
     import subprocess
     import sys
 
@@ -281,7 +281,7 @@ def test_video_modules_do_not_import_tensorflow(tmp_path):
 
     site, mark = marking_stand_in(tmp_path, "tensorflow")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", "import segic_jax.evaluation.vos, segic_jax.inference.video"],
+    result = subprocess.run([sys.executable, "-c", "import segic_jax.evaluation.runner, segic_jax.evaluation.vos, segic_jax.inference.video"],
                             env=python_path(site, root), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not mark.exists()

@@ -65,14 +65,15 @@ def attention_check(cfg, size):
 
     n, h, d = 1 + (size // cfg.patch_size) ** 2, cfg.num_heads, cfg.embed_dim // cfg.num_heads
     q, k, v = jax.random.normal(jax.random.key(2), (3, 2, n, h * d), jnp.float32)
-    attend = lambda q, k, v: multi_head_attention(q, k, v, h)
+    # a new function per kernel: the kernel is chosen while tracing, and jit reuses a function's trace
+    attend = lambda: jax.jit(lambda q, k, v: multi_head_attention(q, k, v, h))
     with jax.default_matmul_precision("highest"), force_implementation("xla"):
-        ref = jax.jit(attend)(q, k, v)
+        ref = attend()(q, k, v)
     impl = attention_implementation(jnp.bfloat16, d, n, n)
     errs = {}
     for name in sorted({impl, "xla"}):
         with force_implementation(name):
-            out = jax.jit(attend)(*(t.astype(jnp.bfloat16) for t in (q, k, v)))
+            out = attend()(*(t.astype(jnp.bfloat16) for t in (q, k, v)))
         errs[name] = float(jnp.linalg.norm(out.astype(jnp.float32) - ref) / jnp.linalg.norm(ref))
     return impl, errs
 

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Every accelerator figure of benchmarks/RESULTS.md in one call, each step under its own time limit
-# (about 13 minutes at most in all; the steps print as they go and their logs go to $OUT):
-#   1. the parity tests on the GPU (full-precision matmuls, as PyTorch's float32);
-#   2. DINOv2-L/14 at 896 px, batch 8, against Hugging Face PyTorch: fp32, tf32, bf16;
-#   3. SEGIC one-shot episodes against the original implementation: fp32 and bf16, cached and not;
-#   4. the training step at the paper's size against the original, plain and rematerialised.
+# Every accelerator figure of benchmarks/RESULTS.md, each step under its own time limit (the steps
+# print as they go and their logs go to $OUT):
+#   parity           the parity tests on the GPU (full-precision matmuls, as PyTorch's float32), 120 s
+#   dinov2_forward   DINOv2-L/14 at 896 px, batch 8, against Hugging Face PyTorch: fp32, tf32, bf16, 150 s
+#   segic_inference  SEGIC one-shot episodes against the original: fp32 and bf16, cached and not, 210 s
+#   train_step       the training step at the paper's size against the original, plain and remat, 270 s
 #
-#   bash benchmarks/gpu_checks.sh [REFS]
+#   bash benchmarks/gpu_checks.sh REFS [STEP ...]     (default: every step)
 #
-# Run from the repository root on a machine with a GPU, torch and transformers. REFS (default .ref)
-# holds checkouts of MengLcool/SEGIC (REFS/SEGIC) and facebookresearch/dinov2 (REFS/dinov2), which
-# steps 3 and 4 need. Python packages missing there can come as wheels in .whl/ (see
-# /work/.library/device/README.md); they are installed to /tmp/site first.
+# A device call may run 600 s, so run it as two calls: `... .ref parity dinov2_forward
+# segic_inference`, then `... .ref train_step`. Run from the repository root on a machine with a
+# GPU, torch and transformers. REFS (e.g. .ref) holds checkouts of MengLcool/SEGIC (REFS/SEGIC) and
+# facebookresearch/dinov2 (REFS/dinov2), which the last two steps need. Python packages missing
+# there can come as wheels in .whl/ (see /work/.library/device/README.md); they are installed to
+# /tmp/site first.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 REFS=${1:-.ref}
+shift $(( $# > 0 ? 1 : 0 ))
+STEPS=" ${*:-parity dinov2_forward segic_inference train_step} "
 LOGS=${OUT:-/tmp/gpu_checks}
 mkdir -p "$LOGS"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -22,9 +26,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-step() {  # step NAME SECONDS COMMAND...: run it under a time limit, keep its log, drop progress bars
+step() {  # step NAME SECONDS COMMAND...: if asked for, run it under a time limit, keep its log, drop progress bars
   local name=$1 limit=$2
   shift 2
+  [[ $STEPS == *" $name "* ]] || return 0
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit} s)"
   timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log" | grep -v -e "it/s]" -e "warnings.warn" -e "UserWarning"
   echo "== $name: exit status ${PIPESTATUS[0]}"
@@ -32,7 +37,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, keep its lo
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import jax, flax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())"
-step parity 150 env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
+step parity 120 env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
   tests/test_resize.py tests/test_dinov2.py tests/test_clip_text.py tests/test_correspondence.py tests/test_attention.py -k "not tokenizer"
 step dinov2_forward 150 python3 benchmarks/dinov2_forward.py --arch vitl14 --sizes 896 --batch 8 --modes fp32 tf32 bf16 --iters 5
 step segic_inference 210 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \

@@ -31,7 +31,8 @@ _forced: list[str] = []
 
 @contextlib.contextmanager
 def force_implementation(name: str):
-    """Within the block (at trace time), every attention call uses `name` (see IMPLEMENTATIONS)."""
+    """Within the block, every attention call traced uses `name` (see IMPLEMENTATIONS). The choice is
+    made while tracing: a function jitted and traced before keeps the kernel it was traced with."""
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {name!r}")
     _forced.append(name)

@@ -13,8 +13,9 @@ workdir's latest checkpoint and exports an inference checkpoint to workdir/expor
 --mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
 the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
 SEGIC's dense and point prompts.
---mode predict segments the target image (or every image of a folder) with a converted SEGIC
-checkpoint; see segic_jax/inference/predict.py for what it writes.
+--mode predict segments the target image (or every image of a folder, e.g. a video's frames) with
+a converted SEGIC checkpoint, streaming: reading, the device and writing overlap; see
+segic_jax/inference/predict.py for what it writes (--outputs) and --batch_size.
 """
 
 import os
@@ -34,6 +35,8 @@ flags.DEFINE_multi_string("class_name", [], "predict: class of each --reference 
 flags.DEFINE_string("target", None, "predict: target image or folder of images")
 flags.DEFINE_bool("instance_prompt", False, "predict: use SEGIC's instance prompt instead of class names")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict: compute dtype of the encoders and head")
+flags.DEFINE_integer("batch_size", 2, "predict: targets per device batch (larger keeps an accelerator busier)", lower_bound=1)
+flags.DEFINE_list("outputs", ["masks", "overlay", "propagated"], "predict: files to write per target (masks, overlay, propagated)")
 flags.DEFINE_string(
     "compilation_cache", "~/.cache/segic_jax/xla",
     "JAX's persistent compilation cache: compiled programs are kept here and reused by later runs ('' = off; "
@@ -58,10 +61,11 @@ def main(argv):
         if not FLAGS.checkpoint or not FLAGS.target:
             raise app.UsageError("--mode predict needs --checkpoint and --target")
         try:
-            predictor = Predictor.from_checkpoint(FLAGS.checkpoint, dtype=FLAGS.dtype)
+            outputs = predict.check_outputs(FLAGS.outputs)
+            predictor = Predictor.from_checkpoint(FLAGS.checkpoint, dtype=FLAGS.dtype, batch_size=FLAGS.batch_size)
             written = predict.run(
                 predictor, FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.workdir,
-                class_names=FLAGS.class_name, instance_prompt=FLAGS.instance_prompt,
+                class_names=FLAGS.class_name, instance_prompt=FLAGS.instance_prompt, outputs=outputs,
             )
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -19,10 +19,11 @@ VARIANTS = {
     "paper": dict(
         benchmarks=("coco20i", "fss1000", "lvis92i", "ade20k", "davis2017", "youtube_vos"),
         shots=(1, 5), image_size=896, episodes=0, synthetic_dataset="synthetic_incontext", chunk_size=50,
+        batch_size=8,
     ),
     "synthetic": dict(
         benchmarks=("synthetic",), shots=(1,), image_size=0, episodes=16,
-        synthetic_dataset="synthetic_incontext/tiny", chunk_size=4,
+        synthetic_dataset="synthetic_incontext/tiny", chunk_size=4, batch_size=1,
     ),
 }
 
@@ -42,7 +43,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.seed = 0  # episode lists and the ADE20K reference choice
     c.image_size = v["image_size"]  # checked against the checkpoint; 0: whatever it was converted for
     c.dtype = "float32"  # or bfloat16
-    c.batch_size = 1  # images per encoder call (each episode has one query and its own context)
+    # one-shot episodes per device batch (their references, then their queries, in one encoder call
+    # each; k-shot and ADE20K episodes go one at a time, in batches of this many images)
+    c.batch_size = v["batch_size"]
     c.baseline_threshold = 0.5  # propagated-mask baseline: similarity > this
     c.ade20k_reference_min_area = 0.05  # reference choice rule (eval_episodes.ade20k_references)
     c.synthetic_dataset = v["synthetic_dataset"]  # build of synthetic_incontext to evaluate

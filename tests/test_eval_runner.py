@@ -153,6 +153,11 @@ class FakePredictor:
                                   points=np.zeros((len(masks), 2))))
         return out
 
+    def segment_episodes(self, episodes, binarize=True):  # what Predictor.segment_episodes equals
+        for e in episodes:
+            context = self.encode_context([e.reference], [e.masks], class_names=e.class_names, binarize=binarize)
+            yield from self.segment([e.target], context)
+
 
 def test_ground_truth_scores_100_and_empty_scores_0(data_dir):
     truth = _truth(data_dir)
@@ -202,7 +207,7 @@ def test_void_pixels_are_not_scored_and_only_present_classes_are_decoded(data_di
 
 
 class Counting:
-    """Wraps a predictor, counting segment calls, optionally failing at call `fail_at`."""
+    """Wraps a predictor, counting segment calls and episodes, optionally failing at call `fail_at`."""
 
     def __init__(self, inner, fail_at=None):
         self.inner, self.fail_at, self.calls = inner, fail_at, 0
@@ -216,6 +221,13 @@ class Counting:
         if self.calls == self.fail_at:
             raise KeyboardInterrupt("stopped")
         return self.inner.segment(targets, context)
+
+    def segment_episodes(self, episodes, binarize=True):
+        for pred in self.inner.segment_episodes(episodes, binarize=binarize):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise KeyboardInterrupt("stopped")
+            yield pred
 
 
 def test_sharded_and_resumed_runs_give_exactly_the_unsharded_numbers(data_dir, predictor, tmp_path):

@@ -2,6 +2,7 @@
 (hub DINOv2 .pth, HF CLIP folder, SEGIC head .pth), converted with the CLI, against a torch
 transcription of the reference pipeline; the predict command and its input checks."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from segic_jax import convert
-from segic_jax.inference.predictor import Predictor
+from segic_jax.inference.predictor import Episode, Predictor
 from torch_reference import (
     TorchSegicHead,
     hf_clip_text,
@@ -264,3 +265,182 @@ def test_bfloat16_predictor_stays_close_to_float32(tiny, predictor, rng):
     scale = np.abs(exact.logits).max()
     assert 0 < np.abs(approx.logits - exact.logits).max() < 0.05 * scale
     assert (approx.masks == exact.masks).mean() > 0.97
+
+
+# --- the throughput path: device pre/post-processing, pipelined batches, compile once ---------
+
+
+def _host_pipeline(predictor, ref_image, ref_mask, targets):
+    """The predictor as it was before preprocessing and post-processing moved to the device: the
+    evaluation resize of images and masks and the final crop-and-resize in NumPy on the host."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from segic_jax.data.images import fit_to_model
+    from segic_jax.models.dinov2 import patch_features
+    from segic_jax.ops.correspondence import masked_mean_features
+    from segic_jax.ops.resize import resize
+
+    def feats(image):
+        pixels, hw = fit_to_model(image, SIZE)
+        return patch_features(predictor.encoder, jnp.asarray(pixels[None]), jnp.asarray([hw])), hw
+
+    with jax.default_matmul_precision("highest"):
+        ref_feats, _ = feats(ref_image)
+        fitted = fit_to_model(ref_mask.astype(np.float32) * 255, SIZE)[0] > 127.5
+        vec = masked_mean_features(ref_feats, jnp.asarray(fitted[None, None], jnp.float32))
+        text = jnp.asarray(predictor.text_features([""]))[None]
+        out = []
+        for target in targets:
+            t_feats, (h, w) = feats(target)
+            dec = nnx.merge(*nnx.split(predictor.head)).decode(t_feats, vec, jnp.ones((1, 1), bool), text)
+            logits = resize(np.ascontiguousarray(np.asarray(dec.logits)[0, :, :h, :w]), size=target.shape[:2], axes=(-2, -1))
+            sim = resize(np.ascontiguousarray(np.asarray(dec.similarity)[0, :, :h, :w]), size=target.shape[:2], axes=(-2, -1))
+            scale = np.array([target.shape[1] / w, target.shape[0] / h], np.float32)
+            out.append((logits, sim, (np.asarray(dec.points)[0] + 0.5) * scale - 0.5))
+    return out
+
+
+def test_device_pre_and_post_processing_equal_the_host_pipeline(predictor, rng):
+    # sizes below, at and above the model size, thin ones, and several 128-px buckets in one batch
+    ref_image, ref_mask = _scene(rng, 150, 97)
+    targets = [_scene(rng, h, w)[0] for h, w in [(112, 112), (60, 200), (300, 41), (129, 257), (7, 90)]]
+    expected = _host_pipeline(predictor, ref_image, ref_mask, targets)
+    preds = predictor.segment(targets, predictor.encode_context([ref_image], [ref_mask]))
+    for pred, target, (logits, sim, points) in zip(preds, targets, expected):
+        assert pred.logits.shape == (1,) + target.shape[:2] and pred.logits.flags.c_contiguous
+        np.testing.assert_allclose(pred.logits, logits, rtol=0, atol=2e-5 * np.abs(logits).max())
+        np.testing.assert_allclose(pred.similarity, sim, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(pred.points, points, rtol=0, atol=1e-4)
+        decided = np.abs(logits) > 1e-4 * np.abs(logits).max()
+        np.testing.assert_array_equal(pred.masks[decided], (logits > 0)[decided])
+
+
+def test_batch_i_plus_1_is_dispatched_before_batch_i_is_pulled(tiny, rng):
+    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=2, prefetch=1)
+    events = []
+    dispatch, collect = predictor._decode, predictor._collect
+
+    def logged_dispatch(*args):
+        pending = dispatch(*args)
+        events.append(("dispatch", id(pending)))
+        return pending
+
+    def logged_collect(pending):
+        events.append(("pull", id(pending)))
+        return collect(pending)
+
+    predictor._decode, predictor._collect = logged_dispatch, logged_collect
+    ref_image, ref_mask = _scene(rng, 60, 60)
+    context = predictor.encode_context([ref_image], [ref_mask])
+    targets = [_scene(rng, 50 + i, 70)[0] for i in range(5)]  # batches of 2, 2, 1
+    preds = list(predictor.segment_iter(iter(targets), context))
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["dispatch", "dispatch", "pull", "dispatch", "pull", "pull"]
+    batches = [b for _, b in events]
+    assert batches[2] == batches[0] and batches[4] == batches[1] and batches[5] == batches[3]
+    assert [p.logits.shape[1] for p in preds] == [50, 51, 52, 53, 54]
+    # without prefetch each batch is pulled before the next is dispatched
+    events.clear()
+    predictor.prefetch = 0
+    list(predictor.segment_iter(targets, context))
+    assert [kind for kind, _ in events] == ["dispatch", "pull"] * 3
+
+
+@contextlib.contextmanager
+def compiled_programs():
+    """The names of the programs XLA compiles inside the block (compilations, not cache lookups)."""
+    import jax
+
+    names = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(str(kwargs.get("fun_name")).removeprefix("jit(").removesuffix(")"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_encoder_and_decoder_compile_once_for_every_call(tiny, rng):
+    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=2, concept_bucket=4)
+    ref_image, _ = _scene(rng, 80, 100)
+    masks = np.zeros((4, 80, 100), bool)
+    masks[0, :20] = masks[1, 30:60, :50] = masks[2, 50:, 60:] = masks[3, 70:, :10] = True
+    with compiled_programs() as first_calls:
+        for k in (1, 2, 3):  # 1, 2 and 4 concept slots
+            predictor.segment([_scene(rng, 90, 100)[0]], predictor.encode_context([ref_image], [masks[:k]]))
+    assert first_calls.count("_encode") == 1 and first_calls.count("_decode") == 3
+    with compiled_programs() as later:
+        # other concept counts and target counts, sizes in the same 128-px bucket, episodes
+        for k, sizes in [(4, [(100, 120), (64, 64), (128, 1)]), (2, [(33, 127)]), (1, [(120, 90)] * 5)]:
+            context = predictor.encode_context([ref_image, ref_image], [masks[:k], masks[:k]], class_names=["a"] * k)
+            preds = predictor.segment([_scene(rng, h, w)[0] for h, w in sizes], context)
+            assert [p.masks.shape for p in preds] == [(k, h, w) for h, w in sizes]
+        list(predictor.segment_episodes([Episode(ref_image, masks[:k], _scene(rng, 70, 70)[0]) for k in (1, 3, 2, 4)]))
+    assert not {"_encode", "_decode", "_fit"} & set(later), later
+    with compiled_programs() as new_bucket:
+        predictor.segment([_scene(rng, 300, 200)[0]], predictor.encode_context([ref_image], [masks[:1]]))
+    assert "_fit" in new_bucket and not {"_encode", "_decode"} & set(new_bucket)  # only the resizes compile
+
+
+def test_concept_slots_are_powers_of_two_then_multiples_of_the_bucket():
+    from segic_jax.inference.predictor import concept_slots
+
+    assert [concept_slots(k, 4) for k in range(1, 11)] == [1, 2, 4, 4, 8, 8, 8, 8, 12, 12]
+    assert [concept_slots(k, 1) for k in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_batched_episodes_equal_episodes_one_by_one(tiny, rng):
+    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=2)
+    episodes = []
+    for i, (k, names) in enumerate([(1, None), (3, ["cat", "dog", ""]), (2, None)]):
+        ref_image, _ = _scene(rng, 70 + 10 * i, 90)
+        masks = np.zeros((k, 70 + 10 * i, 90), bool)
+        for j in range(k):
+            masks[j, 10 * j : 10 * j + 30, 20 * j : 20 * j + 40] = True
+        episodes.append(Episode(ref_image, masks, _scene(rng, 60, 50 + 20 * i)[0], class_names=names,
+                                instance_prompt=i == 2))
+    for binarize in (True, False):
+        batched = list(predictor.segment_episodes(episodes, binarize=binarize))  # batches of 2 and 1 (padded)
+        for e, pred in zip(episodes, batched):
+            context = predictor.encode_context([e.reference], [e.masks], class_names=e.class_names,
+                                               instance_prompt=e.instance_prompt, binarize=binarize)
+            (alone,) = predictor.segment([e.target], context)
+            assert pred.logits.shape == alone.logits.shape == (e.masks.shape[0],) + e.target.shape[:2]
+            np.testing.assert_allclose(pred.logits, alone.logits, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(pred.points, alone.points, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="empty reference mask"):
+        list(predictor.segment_episodes([Episode(episodes[0].reference, np.zeros((1, 70, 90), bool), episodes[0].target)]))
+
+
+def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, predictor, rng, tmp_path):
+    from segic_jax.inference import predict
+
+    ref, mask = _scene(rng, 80, 60)
+    ref_path = _save(tmp_path / "ref.png", ref)
+    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    images = {}
+    for i in range(9):
+        images[f"{i:03d}"] = _scene(rng, 60 + 3 * i, 70)[0]
+        _save(frames / f"{i:03d}.png", images[f"{i:03d}"])
+    (frames / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable, in the middle
+    del images["004"]
+    streaming = Predictor.from_checkpoint(tiny["path"], batch_size=2, prefetch=2)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 of 9 targets could not be read .*other 8 were written.*004\.png"):
+        predict.run(streaming, [ref_path], [mask_path], str(frames), str(out), outputs=("masks",), threads=3)
+    assert sorted(os.listdir(out)) == sorted(f"{stem}_mask0.png" for stem in images)  # masks only, nothing partial
+    context = predictor.encode_context([ref], [mask], binarize=False)
+    expected = predictor.segment(list(images.values()), context)
+    for stem, pred in zip(images, expected):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_mask0.png")) > 0, pred.masks[0])
+    result = _run_cli("--checkpoint", tiny["path"], "--workdir", str(tmp_path / "cli"), "--reference", ref_path,
+                      "--reference_mask", mask_path, "--target", str(frames), "--outputs", "masks,nope")
+    assert result.returncode == 1 and "--outputs must name some of masks, overlay, propagated" in result.stderr

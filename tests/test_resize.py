@@ -80,3 +80,21 @@ def test_bad_arguments_are_named():
         resize(x)
     with pytest.raises(ValueError, match="method"):
         resize(x, size=(2, 2), method="nearest")
+
+
+@pytest.mark.parametrize("in_size,out_size,padded,scale", [
+    (37, 112, 128, 112 / 37), (300, 112, 112, 112 / 300), (90, 90, 128, 1.0), (1, 5, 8, None), (129, 7, 7, None),
+    (640, 896, 896, 896 / 640),
+])
+def test_gather_taps_equal_the_dense_matrix_then_zero_padding(in_size, out_size, padded, scale):
+    import jax.numpy as jnp
+
+    from segic_jax.ops.resize import interpolation_matrix, interpolation_taps, resample_taps
+
+    x = np.random.default_rng(in_size).normal(size=(4, in_size, 3)).astype(np.float32)
+    index, weight = interpolation_taps(in_size, out_size, padded, scale_factor=scale)
+    got = np.asarray(resample_taps(jnp.asarray(x), jnp.asarray(index), jnp.asarray(weight), axis=1))
+    dense = np.einsum("oi,bic->boc", interpolation_matrix(in_size, out_size, "bilinear", scale), x.astype(np.float64))
+    assert got.shape == (4, padded, 3)
+    np.testing.assert_allclose(got[:, :out_size], dense, rtol=0, atol=1e-5)
+    assert not got[:, out_size:].any()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import segic as segic_config
+from segic_jax.evaluation import runner
 from segic_jax.inference.predictor import Predictor
 from segic_jax.training import trainer as trainer_lib
 from segic_jax.training.writer import read_metrics
@@ -135,7 +136,7 @@ def test_exported_model_loads_in_the_predictor(uninterrupted, data_dir, rng):
     trainer = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 6}), str(workdir))
     try:
         assert trainer.restore() and trainer.state.step == 6
-        in_memory = trainer._predictor(trainer.current_head())
+        in_memory = runner.model_predictor(trainer.current_head(), trainer.encoder, trainer.text_model, trainer.tokenizer)
     finally:
         trainer.close()
     loaded = Predictor.from_checkpoint(summary["export"], batch_size=1)

@@ -20,17 +20,8 @@ from flax import nnx
 from segic_jax import files, visualize
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.models import dinov2
-from segic_jax.inference.predictor import compute_dtype
+from segic_jax.models.encoders import build_encoder
 from segic_jax.ops.correspondence import masked_mean_features, peak_points, similarity_maps
-
-
-def build_encoder(config) -> tuple[dinov2.Dinov2, str]:
-    dtype = compute_dtype(config.dtype, "config.dtype")
-    if config.dinov2.checkpoint:
-        return dinov2.load(config.dinov2.checkpoint, dtype=dtype), f"converted weights from {config.dinov2.checkpoint}"
-    overrides = {"depth": config.dinov2.depth} if config.dinov2.get("depth", 0) else {}
-    cfg = dinov2.dinov2_config(config.dinov2.arch, **overrides)
-    return dinov2.Dinov2(cfg, dtype=dtype, rngs=nnx.Rngs(config.seed)), f"random {config.dinov2.arch} weights"
 
 
 @nnx.jit

@@ -5,13 +5,18 @@ For each target `NAME.*` it writes to the output directory:
   NAME_overlay.png         all concepts' masks tinted over the target;
   NAME_propagated{j}.png   concept j's propagated mask (cosine similarity) as a JET heatmap over
                            the target, with the point prompt marked (the paper's Figure 1 style).
+(`outputs` picks which: masks alone are the cheapest for thousands of images.)
 References with the same class name are shots of one concept; without class names every
-reference is its own concept.
+reference is its own concept. Targets stream through the predictor: read in background threads,
+segmented in batches while the next are read, written in background threads, with a progress bar
+in images/s; a video is a folder of its frames.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +69,16 @@ def build_context_inputs(references: Sequence[str], masks: Sequence[str], class_
     return images, stacks, (concepts if class_names else None)
 
 
+OUTPUTS = ("masks", "overlay", "propagated")
+
+
+def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(outputs) - set(OUTPUTS))
+    if unknown or not outputs:
+        raise ValueError(f"--outputs must name some of {', '.join(OUTPUTS)}, got {','.join(outputs) or 'nothing'}")
+    return tuple(outputs)
+
+
 def run(
     predictor: Predictor,
     references: Sequence[str],
@@ -72,36 +87,81 @@ def run(
     out_dir: str,
     class_names: Sequence[str] = (),
     instance_prompt: bool = False,
+    outputs: Sequence[str] = OUTPUTS,
+    threads: int = 4,
 ) -> list[str]:
-    """Segment every target and write its files; returns the written paths."""
+    """Segment every target and write its files; returns the written paths.
+
+    Built for folders of thousands of images (or a video's frames): targets are read and decoded
+    `threads` at a time in background threads while the device works on earlier batches, outputs
+    are encoded and written in background threads, and at most a few batches are held in memory.
+    A target that cannot be read is skipped and named at the end (a ValueError after every other
+    target is written); every file is written whole or not at all."""
+    outputs = check_outputs(outputs)
     images, stacks, names = build_context_inputs(references, masks, class_names)
     paths = target_paths(target)
-    targets = [load_image(p) for p in paths]  # read them all first: a bad file fails before any output
     # as the reference's custom evaluation: soft (resized) reference masks
     context = predictor.encode_context(images, stacks, class_names=names, instance_prompt=instance_prompt, binarize=False)
-    written = []
-    bs = predictor.batch_size
-    with tqdm(total=len(paths), desc="segmenting", unit="image") as progress:
-        for start in range(0, len(paths), bs):
-            preds = predictor.segment(targets[start : start + bs], context)
-            for path, image, pred in zip(paths[start : start + bs], targets[start : start + bs], preds):
-                written += _write(out_dir, path, image, pred)
+    written, unreadable = [], []
+    read_ahead = 2 * predictor.batch_size * (predictor.prefetch + 1) + threads
+    with ThreadPoolExecutor(threads, thread_name_prefix="read") as readers, \
+            ThreadPoolExecutor(threads, thread_name_prefix="write") as writers, \
+            tqdm(total=len(paths), desc="segmenting", unit="image") as progress:
+        reading = collections.deque(readers.submit(_read, p) for p in paths[:read_ahead])
+        queued = iter(paths[read_ahead:])
+        order: collections.deque = collections.deque()  # (path, image) of targets handed to the predictor
+
+        def targets():
+            while reading:
+                path, image, error = reading.popleft().result()
+                nxt = next(queued, None)
+                if nxt is not None:
+                    reading.append(readers.submit(_read, nxt))
+                if error:
+                    unreadable.append(error)
+                    progress.update(1)
+                    continue
+                order.append((path, image))
+                yield image
+
+        writing: collections.deque = collections.deque()
+        for pred in predictor.segment_iter(targets(), context):
+            path, image = order.popleft()
+            writing.append(writers.submit(_write, out_dir, path, image, pred, outputs))
+            while writing and (writing[0].done() or len(writing) > 2 * threads):
+                written += writing.popleft().result()
                 progress.update(1)
+        for job in writing:
+            written += job.result()
+            progress.update(1)
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} of {len(paths)} targets could not be read (the other "
+                         f"{len(paths) - len(unreadable)} were written to {out_dir}): " + "; ".join(unreadable))
     return written
 
 
-def _write(out_dir: str, path: str, image: np.ndarray, pred) -> list[str]:
+def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
+    try:
+        return path, load_image(path), None
+    except (FileNotFoundError, ValueError) as e:
+        return path, None, str(e)
+
+
+def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS) -> list[str]:
     stem = os.path.splitext(os.path.basename(path))[0]
     written = []
     overlay = image.copy()
     for j, mask in enumerate(pred.masks):
-        name = os.path.join(out_dir, f"{stem}_mask{j}.png")
-        files.write_png(name, mask.astype(np.uint8) * 255)
-        overlay = visualize.mask_overlay(overlay, mask, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
-        heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
-        heat_name = os.path.join(out_dir, f"{stem}_propagated{j}.png")
-        files.write_png(heat_name, heat)
-        written += [name, heat_name]
-    overlay_name = os.path.join(out_dir, f"{stem}_overlay.png")
-    files.write_png(overlay_name, overlay)
-    return written + [overlay_name]
+        if "masks" in outputs:
+            written.append(os.path.join(out_dir, f"{stem}_mask{j}.png"))
+            files.write_png(written[-1], mask.astype(np.uint8) * 255)
+        if "overlay" in outputs:
+            overlay = visualize.mask_overlay(overlay, mask, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
+        if "propagated" in outputs:
+            heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
+            written.append(os.path.join(out_dir, f"{stem}_propagated{j}.png"))
+            files.write_png(written[-1], heat)
+    if "overlay" in outputs:
+        written.append(os.path.join(out_dir, f"{stem}_overlay.png"))
+        files.write_png(written[-1], overlay)
+    return written

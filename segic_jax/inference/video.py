@@ -176,8 +176,7 @@ class VideoPropagator:
         for start in range(0, len(frames), p.batch_size):
             chunk = frames[start : start + p.batch_size]
             images = [decode_image(f) if isinstance(f, bytes) else np.asarray(f) for f in chunk]
-            pixels, valid_hw = p._prepare(images)
-            feats = p._features(pixels, valid_hw)
+            feats, valid_hw = p.encode_images(images)
             if memory is None:
                 memory = self.start(k, feats.shape[-1])
             for i, image in enumerate(images):

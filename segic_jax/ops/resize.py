@@ -165,3 +165,45 @@ def resize(
         else:
             y = jnp.moveaxis(jnp.tensordot(jnp.asarray(m), moved, axes=1, precision=jax.lax.Precision.HIGHEST), 0, axis)
     return y.astype(out_dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def interpolation_taps(
+    in_size: int,
+    out_size: int,
+    padded_size: int,
+    taps: int = 2,
+    scale_factor: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`interpolation_matrix` (bilinear, no antialiasing) as gather taps, padded with empty rows.
+
+    Returns indices (padded_size, taps) int32 and weights (padded_size, taps) float32 with
+    `out[i] = sum_t weights[i, t] * in[indices[i, t]]` for i < out_size and 0 beyond: the resize
+    followed by zero padding to `padded_size`, in O(out x taps) work instead of a dense matmul.
+    Each sample of PyTorch's bilinear resize reads at most two inputs, so `taps=2` is exact.
+    """
+    if padded_size < out_size:
+        raise ValueError(f"padded size {padded_size} is smaller than the output size {out_size}")
+    matrix = interpolation_matrix(in_size, out_size, "bilinear", scale_factor, False)
+    nonzero = (matrix != 0).sum(axis=1)
+    if nonzero.max(initial=0) > taps:
+        raise ValueError(f"resizing {in_size} -> {out_size} needs {nonzero.max()} taps, more than {taps}")
+    if in_size < taps:
+        matrix = np.pad(matrix, ((0, 0), (0, taps - in_size)))
+    cols = np.argsort(matrix == 0, axis=1, kind="stable")[:, :taps]  # the nonzero columns first, in order
+    indices = np.zeros((padded_size, taps), np.int32)
+    weights = np.zeros((padded_size, taps), np.float32)
+    indices[:out_size] = np.minimum(cols, in_size - 1)  # a padding column has weight 0
+    weights[:out_size] = np.take_along_axis(matrix, cols, axis=1)
+    return indices, weights
+
+
+def resample_taps(x: jax.Array, indices: jax.Array, weights: jax.Array, axis: int) -> jax.Array:
+    """Apply `interpolation_taps` along `axis` of x (float32): (..., N, ...) -> (..., P, ...)."""
+    x = jnp.moveaxis(x, axis, 0)
+    gathered = x[indices]  # (P, T, ...)
+    w = weights.reshape(weights.shape + (1,) * (x.ndim - 1))
+    out = gathered[:, 0] * w[:, 0]
+    for t in range(1, indices.shape[1]):
+        out = out + gathered[:, t] * w[:, t]
+    return jnp.moveaxis(out, 0, axis)

@@ -39,9 +39,8 @@ from segic_jax import checkpoints, files
 from segic_jax.conversion.clip_text import TOKENIZER_FILES
 from segic_jax.conversion.core import find_files
 from segic_jax.data.sources import text
-from segic_jax.inference.correspondence import build_encoder
-from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, class_prompt, compute_dtype
 from segic_jax.models import clip_text, dinov2
+from segic_jax.models.encoders import INSTANCE_PROMPT, build_encoder, build_text_encoder, class_prompt, encode_prompts
 from segic_jax.models.segic import SegicConfig, SegicHead
 from segic_jax.training import step as train_lib
 from segic_jax.training.writer import MetricWriter
@@ -51,22 +50,6 @@ HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
 
 
 # --- models ---------------------------------------------------------------------------------
-
-
-def build_text_encoder(config) -> tuple[clip_text.ClipTextModel, clip_text.ClipTokenizer, str]:
-    """Frozen CLIP text model and tokenizer: converted (config.clip.checkpoint) or a random model of
-    config.clip.width / depth with the byte-level tokenizer (no download)."""
-    dtype = compute_dtype(config.dtype, "config.dtype")
-    if config.clip.checkpoint:
-        model = clip_text.load(config.clip.checkpoint, dtype=dtype)
-        return model, clip_text.ClipTokenizer.from_folder(config.clip.checkpoint), f"converted weights from {config.clip.checkpoint}"
-    vocab = clip_text.byte_vocab()
-    cfg = clip_text.ClipTextConfig(
-        vocab_size=len(vocab), width=config.clip.width, depth=config.clip.depth, num_heads=max(1, config.clip.width // 64),
-        mlp_dim=4 * config.clip.width, eos_token_id=vocab[clip_text.EOS_TOKEN],
-    )
-    model = clip_text.ClipTextModel(cfg, dtype=dtype, rngs=nnx.Rngs(config.seed + 1))
-    return model, clip_text.ClipTokenizer.bytes_only(), f"random {config.clip.depth}-layer CLIP text, byte tokenizer"
 
 
 def head_config(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicConfig:
@@ -224,7 +207,7 @@ class Trainer:
 
         # text prompts: encoded once, CLIP is not run in the step
         self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
-        self.text_table = jnp.asarray(self._predictor(self.head).text_features(self.text.prompts))
+        self.text_table = jnp.asarray(encode_prompts(self.text_model, self.tokenizer, self.text.prompts))
 
         # optimizer and step
         self.schedule = train_lib.step_decay_schedule(
@@ -259,10 +242,6 @@ class Trainer:
         self._stop_requested = False
 
     # --- pieces ---------------------------------------------------------------------------
-
-    def _predictor(self, head: SegicHead) -> Predictor:
-        # one query per evaluation episode: batches of one image
-        return Predictor(head, self.encoder, self.text_model, self.tokenizer, batch_size=1)
 
     def _manager(self):
         import orbax.checkpoint as ocp
@@ -343,7 +322,7 @@ class Trainer:
         from segic_jax.evaluation import runner
 
         c = self.config.eval
-        predictor = self._predictor(self.current_head())
+        predictor = runner.model_predictor(self.current_head(), self.encoder, self.text_model, self.tokenizer)
         data_dir = os.path.expanduser(c.data_dir) if c.data_dir else self.data_dir
         dataset = c.dataset or None
         result = runner.evaluate(

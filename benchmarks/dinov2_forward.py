@@ -10,7 +10,8 @@ The reference is Hugging Face's `Dinov2Model` (PyTorch SDPA attention) with the 
 random weights, on the same device. Modes: fp32 = float32 with full-precision matmuls on both
 sides (JAX precision "highest", torch TF32 off); tf32 = float32 storage with TF32 matmuls on both
 sides (GPU only); bf16 = bfloat16 compute (JAX: float32 parameters, bf16 compute; torch: the model
-cast to bf16). Prints images/s, achieved TFLOP/s (counted analytically, matmuls and attention)
+cast to bf16); fp8 = bf16 with DINOv2's linear layers in FP8 e4m3 (`dinov2.use_fp8_matmuls`; torch
+runs bf16 for that row), with the features' error against float32 printed beside bf16's. Prints images/s, achieved TFLOP/s (counted analytically, matmuls and attention)
 and, on a known GPU, the fraction of its dense peak; the last column is JAX / torch.
 """
 
@@ -29,8 +30,8 @@ from segic_jax.models import dinov2
 # Dense peaks by datasheet (TFLOP/s): fp32 (no tensor cores), tf32 and bf16 tensor cores; TPU chips
 # (as `device_kind` names them) by their bf16 peak.
 PEAKS = {
-    "H200": {"fp32": 67, "tf32": 495, "bf16": 989},
-    "H100": {"fp32": 67, "tf32": 495, "bf16": 989},
+    "H200": {"fp32": 67, "tf32": 495, "bf16": 989, "fp8": 1979},
+    "H100": {"fp32": 67, "tf32": 495, "bf16": 989, "fp8": 1979},
     "TPU v4": {"bf16": 275},
     "TPU v5 lite": {"bf16": 197},
     "TPU v5": {"bf16": 459},
@@ -79,10 +80,12 @@ def attention_check(cfg, size):
 
 
 def bench_jax(cfg, size, batch, mode, iters):
-    dtype = jnp.bfloat16 if mode == "bf16" else jnp.float32
+    dtype = jnp.bfloat16 if mode in ("bf16", "fp8") else jnp.float32
     model = dinov2.Dinov2(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+    if mode == "fp8":
+        dinov2.use_fp8_matmuls(model)
     graphdef, state = nnx.split(model)
-    precision = {"fp32": "highest", "tf32": "tensorfloat32", "bf16": "default"}[mode]
+    precision = {"fp32": "highest", "tf32": "tensorfloat32", "bf16": "default", "fp8": "default"}[mode]
 
     @jax.jit
     def forward(state, x):
@@ -92,6 +95,28 @@ def bench_jax(cfg, size, batch, mode, iters):
     with jax.default_matmul_precision(precision):
         forward(state, x).block_until_ready()  # compile outside the timing
         return _time(lambda: forward(state, x).block_until_ready(), iters)
+
+
+def fp8_check(cfg, size) -> str:
+    """Relative error and worst per-patch cosine of bf16 and fp8 patch features against float32,
+    one random-weight model, two images."""
+    import numpy as np
+
+    x = jax.random.uniform(jax.random.key(2), (2, size, size, 3), jnp.float32, 0, 255)
+    out = {}
+    for mode in ("fp32", "bf16", "fp8"):
+        model = dinov2.Dinov2(cfg, dtype=jnp.float32 if mode == "fp32" else jnp.bfloat16, rngs=nnx.Rngs(0))
+        if mode == "fp8":
+            dinov2.use_fp8_matmuls(model)
+        with jax.default_matmul_precision("highest" if mode == "fp32" else "default"):
+            out[mode] = np.asarray(jax.jit(dinov2.patch_features)(model, x), np.float64)
+    ref = out["fp32"]
+    parts = []
+    for mode in ("bf16", "fp8"):
+        rel = np.linalg.norm(out[mode] - ref) / np.linalg.norm(ref)
+        cos = (out[mode] * ref).sum(-1) / np.linalg.norm(out[mode], axis=-1) / np.linalg.norm(ref, axis=-1)
+        parts.append(f"{mode} rel. error {rel:.2e}, min cosine {cos.min():.4f}")
+    return "; ".join(parts)
 
 
 def bench_torch(cfg, size, batch, mode, iters, device):
@@ -104,7 +129,7 @@ def bench_torch(cfg, size, batch, mode, iters, device):
         patch_size=cfg.patch_size, attn_implementation="sdpa",
     )
     model = Dinov2Model(hf).eval().to(device)
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    dtype = torch.bfloat16 if mode in ("bf16", "fp8") else torch.float32  # fp8: torch runs bf16
     model = model.to(dtype)
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -128,7 +153,7 @@ def main():
     parser.add_argument("--arch", default="vits14", choices=sorted(dinov2.ARCHS))
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "tf32", "bf16", "fp8"])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args()
@@ -148,6 +173,8 @@ def main():
             impl, errs = attention_check(cfg, size)
             print(f"  bf16 attention uses {impl}; relative error vs float32: "
                   + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+        if "fp8" in args.modes:
+            print("  fp8 features against float32 (bf16 for comparison): " + fp8_check(cfg, size))
         for mode in args.modes:
             if mode == "tf32" and backend != "gpu":
                 continue

@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # Every accelerator figure of benchmarks/RESULTS.md, each step under its own time limit (the steps
-# print as they go and their logs go to $OUT):
-#   parity           the parity tests on the GPU (full-precision matmuls, as PyTorch's float32), 120 s
-#   dinov2_forward   DINOv2-L/14 at 896 px, batch 8, against Hugging Face PyTorch: fp32, tf32, bf16, 150 s
-#   segic_inference  SEGIC one-shot episodes against the original: fp32 and bf16, cached and not, 210 s
-#   train_step       the training step at the paper's size against the original, plain and remat, 270 s
+# print as they go; their logs and the profiler traces go to $OUT):
+#   parity         the GPU-sensitive parity tests (full-precision matmuls, as PyTorch's float32), 60 s
+#   dinov2_forward DINOv2-L/14 at 896 px, batch 8, against Hugging Face PyTorch: fp32, bf16, fp8, 110 s
+#   segic_bf16     SEGIC episodes against the original (fp32 and bf16 autocast): ours in bf16 at
+#                  batch 1 and 8, uncached and cached, host overhead, MFU, a jax.profiler trace, 190 s
+#   segic_fp8      the same with DINOv2's linear layers in FP8 (batch 1 and 8), 120 s
+#   train_step     the training step at the paper's size against the original (fp32, autocast), 240 s
 #
 #   bash benchmarks/gpu_checks.sh REFS [STEP ...]     (default: every step)
 #
-# A device call may run 600 s, so run it as two calls: `... .ref parity dinov2_forward
-# segic_inference`, then `... .ref train_step`. Run from the repository root on a machine with a
-# GPU, torch and transformers. REFS (e.g. .ref) holds checkouts of MengLcool/SEGIC (REFS/SEGIC) and
-# facebookresearch/dinov2 (REFS/dinov2), which the last two steps need. Python packages missing
-# there can come as wheels in .whl/ (see /work/.library/device/README.md); they are installed to
-# /tmp/site first.
+# A lent GPU gives 15 minutes in all, start-up included, and a call may run 600 s: run it as two
+# calls of 6 minutes, `... .ref parity dinov2_forward segic_bf16` and `... .ref segic_fp8
+# train_step`. Run from the repository root on a machine with a GPU, torch and transformers. REFS
+# (e.g. .ref) holds checkouts of MengLcool/SEGIC (REFS/SEGIC) and facebookresearch/dinov2
+# (REFS/dinov2), which the SEGIC and training steps need. Python packages missing there can come as
+# wheels in .whl/ (flax, ml_collections, open_clip_torch); they are installed to /tmp/site first.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 REFS=${1:-.ref}
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=" ${*:-parity dinov2_forward segic_inference train_step} "
+STEPS=" ${*:-parity dinov2_forward segic_bf16 segic_fp8 train_step} "
 LOGS=${OUT:-/tmp/gpu_checks}
 mkdir -p "$LOGS"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -37,10 +39,12 @@ step() {  # step NAME SECONDS COMMAND...: if asked for, run it under a time limi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import jax, flax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())"
-step parity 120 env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
-  tests/test_resize.py tests/test_dinov2.py tests/test_clip_text.py tests/test_correspondence.py tests/test_attention.py -k "not tokenizer"
-step dinov2_forward 150 python3 benchmarks/dinov2_forward.py --arch vitl14 --sizes 896 --batch 8 --modes fp32 tf32 bf16 --iters 5
-step segic_inference 210 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
-  --arch vitl14 --image-size 896 --dtypes float32 bfloat16 --episodes 5
-step train_step 270 python3 benchmarks/train_step.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
-  --arch vitl14 --image-size 896 --batch 4 --instances 3 --dtypes bfloat16 --remat-rows 0 4 --steps 5
+step parity 60 env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
+  tests/test_dinov2.py tests/test_correspondence.py tests/test_attention.py tests/test_fp8.py
+step dinov2_forward 110 python3 benchmarks/dinov2_forward.py --arch vitl14 --sizes 896 --batch 8 --modes fp32 bf16 fp8 --iters 3
+step segic_bf16 190 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
+  --arch vitl14 --image-size 896 --dtypes bfloat16 --batch-sizes 1 8 --episodes 3 --original-autocast --profile "$LOGS/traces"
+step segic_fp8 120 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
+  --arch vitl14 --image-size 896 --dtypes fp8 --batch-sizes 1 8 --episodes 3
+step train_step 240 python3 benchmarks/train_step.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
+  --arch vitl14 --image-size 896 --batch 4 --instances 3 --dtypes bfloat16 --remat-rows 0 --steps 5

@@ -16,8 +16,14 @@ the released formats and converted with `python -m segic_jax.convert segic`. An 
 reference image with its mask and one target image (640x480) -> the target's mask at its
 resolution, including the evaluation resize. "uncached" encodes the reference in every episode
 (the original's one-shot forward); "cached" encodes it once (the original's custom-evaluation
-path, forward_cls_extraction then semseg forward). The original runs in float32, as released.
-Also prints the largest logit difference between the two, as a check that both computed the same.
+path, forward_cls_extraction then semseg forward). The original runs in float32, as released
+(and under bf16 autocast with --original-autocast on a GPU), at batch 1. Also prints the largest
+logit difference between the two and the share of pixels whose mask agrees, as a check that both
+computed the same, and for batch 1 the
+host overhead: the share of an episode's wall time spent outside the device programs. With
+--batch-sizes, this port's throughput at larger batches: uncached episodes through
+`Predictor.segment_episodes` (a different reference per episode) and cached targets through
+`Predictor.segment`, 4 batches per call; rates there are per episode / target.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_reference: CLIP vocabulary and weight noise
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))  # dinov2_forward: FLOP count and datasheet peaks
 
 ARCH_DIMS = {"vits14": 384, "vitb14": 768, "vitl14": 1024, "vitg14": 1536}
 
@@ -160,8 +167,12 @@ def main():
     parser.add_argument("--dinov2-repo", required=True, help="checkout of facebookresearch/dinov2")
     parser.add_argument("--arch", default="vits14", choices=sorted(ARCH_DIMS))
     parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
-    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "fp8"],
+                        help="this port's compute: fp8 is bfloat16 with DINOv2's linear layers in FP8 e4m3")
+    parser.add_argument("--episodes", type=int, default=5, help="timed repetitions (median)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="segic-jax batch sizes (1 is always run)")
+    parser.add_argument("--original-autocast", action="store_true", help="also time the original under bf16 autocast (GPU)")
+    parser.add_argument("--profile", default="", help="write a jax.profiler trace of this port's batched calls here")
     args = parser.parse_args()
 
     import jax
@@ -223,27 +234,116 @@ def main():
         original_uncached, original_cached = wrap(original_uncached), wrap(original_cached)
 
     print(f"SEGIC one-shot episodes, DINOv2 {args.arch} at {args.image_size} px, 640x480 images, on "
-          f"{jax.devices()[0].device_kind} (JAX) / {device} (torch {torch.__version__})")
-    print(f"{'implementation':>15} {'dtype':>9} {'context':>9} {'episodes/s':>11} {'vs original':>12} {'max |logit diff|':>17}")
+          f"{jax.devices()[0].device_kind} (JAX {jax.__version__}) / {device} (torch {torch.__version__})")
+    print("host overhead: the share of an episode's time outside the device programs (encoder, mask sums, "
+          "decoder on inputs already on the device)")
+    from dinov2_forward import PEAKS, forward_flops
+    from segic_jax.models.dinov2 import dinov2_config
 
-    def report(name, dtype, ctx, t, base, diff=None):
+    image_flops = forward_flops(dinov2_config(args.arch), args.image_size)
+    peaks = next((p for k, p in PEAKS.items() if k in jax.devices()[0].device_kind), {})
+    print(f"TFLOP/s: DINOv2's {image_flops / 1e9:.1f} GFLOP per image (2 images per uncached episode, 1 cached; the "
+          "decoder's few % are not counted) at the measured rate; MFU against the datasheet's dense peak "
+          "(float32 rows: full-precision fp32)")
+    header = (f"{'implementation':>15} {'dtype':>9} {'context':>9} {'batch':>6} {'episodes/s':>11} {'vs original':>12} "
+              f"{'host overhead':>14} {'TFLOP/s':>8} {'MFU':>6} {'max |logit diff|':>17} {'masks agree':>12}")
+    print(header)
+
+    def report(name, dtype, ctx, batch, t, base, diff=None, overhead=None, ours=None, ref=None):
         diff = "" if diff is None else f"{diff:.2e}"
-        print(f"{name:>15} {dtype:>9} {ctx:>9} {1 / t:>11.2f} {base / t:>11.2f}x {diff:>17}", flush=True)
+        agree = "" if ours is None else f"{100 * np.mean((ours > 0) == (ref > 0)):.3f} %"
+        overhead = "" if overhead is None else f"{100 * overhead:.1f} %"
+        tflops = image_flops * (2 if ctx == "uncached" else 1) / t / 1e12
+        peak = peaks.get({"float32": "fp32", "bfloat16": "bf16", "fp8": "fp8"}.get(dtype, ""))
+        mfu = f"{100 * tflops / peak:.1f}%" if peak else ""
+        print(f"{name:>15} {dtype:>9} {ctx:>9} {batch:>6} {1 / t:>11.2f} {base / t:>11.2f}x {overhead:>14} "
+              f"{tflops:>8.2f} {mfu:>6} {diff:>17} {agree:>12}", flush=True)
 
     t_orig_u, ref_u = median_time(original_uncached, args.episodes)
-    report("original", "float32", "uncached", t_orig_u, t_orig_u)
+    report("original", "float32", "uncached", 1, t_orig_u, t_orig_u)
     t_orig_c, ref_c = median_time(original_cached, args.episodes)
-    report("original", "float32", "cached", t_orig_c, t_orig_c)
+    report("original", "float32", "cached", 1, t_orig_c, t_orig_c)
+    if device == "cuda" and args.original_autocast:  # the original's own bf16 option (autocast)
+        autocast = lambda fn: (lambda: _autocast(torch, fn))
+        t, _ = median_time(autocast(original_uncached), args.episodes)
+        report("original", "autocast", "uncached", 1, t, t_orig_u)
+        t, _ = median_time(autocast(original_cached), args.episodes)
+        report("original", "autocast", "cached", 1, t, t_orig_c)
     for dtype in args.dtypes:
-        predictor = Predictor.from_checkpoint(out, dtype=dtype, batch_size=1)
+        load = lambda batch: Predictor.from_checkpoint(
+            out, dtype="bfloat16" if dtype == "fp8" else dtype, fp8=dtype == "fp8", batch_size=batch)
+        predictor = load(1)
         uncached = lambda: predictor.segment(
             [target], predictor.encode_context([ref_image], [ref_mask], class_names=["object"])
         )[0].logits
         t, ours = median_time(uncached, args.episodes)
-        report("segic-jax", dtype, "uncached", t, t_orig_u, float(np.abs(ours - ref_u).max()))
+        t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=True)
+        report("segic-jax", dtype, "uncached", 1, t, t_orig_u, float(np.abs(ours - ref_u).max()), 1 - t_dev / t, ours, ref_u)
         context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
         t, ours = median_time(lambda: predictor.segment([target], context)[0].logits, args.episodes)
-        report("segic-jax", dtype, "cached", t, t_orig_c, float(np.abs(ours - ref_c).max()))
+        t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=False)
+        report("segic-jax", dtype, "cached", 1, t, t_orig_c, float(np.abs(ours - ref_c).max()), 1 - t_dev / t, ours, ref_c)
+        for batch in [b for b in args.batch_sizes if b > 1]:
+            predictor = load(batch)
+            n = 4 * batch  # several batches, so that dispatch and copy-back can overlap
+            targets = [scene(10 + i)[0] for i in range(n)]
+            if hasattr(predictor, "segment_episodes"):
+                from segic_jax.inference.predictor import Episode
+
+                episodes = [Episode(ref_image, ref_mask, t, class_names=["object"]) for t in targets]
+                t, _ = median_time(lambda: list(predictor.segment_episodes(episodes)), args.episodes)
+                report("segic-jax", dtype, "uncached", batch, t / n, t_orig_u)
+            context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
+            t, _ = median_time(lambda: predictor.segment(targets, context), args.episodes)
+            report("segic-jax", dtype, "cached", batch, t / n, t_orig_c)
+            if args.profile:  # one call of each, after the timing (compiled already)
+                with jax.profiler.trace(os.path.join(args.profile, f"{dtype}_batch{batch}")):
+                    if hasattr(predictor, "segment_episodes"):
+                        list(predictor.segment_episodes(episodes))
+                    predictor.segment(targets, context)
+
+
+def _autocast(torch, fn):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return fn()
+
+
+def device_time(predictor, ref_image, ref_mask, target, repeats: int, uncached: bool) -> float:
+    """Median seconds of the episode's device programs alone, inputs already on the device: DINOv2
+    on the reference (uncached) and the target, the masked mean, the decoder. What the predictor
+    spends beyond this is host overhead (preparing inputs, dispatch, copying results back)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from segic_jax.data.images import fit_to_model
+    from segic_jax.models.dinov2 import patch_features
+    from segic_jax.ops.correspondence import masked_mean_features
+
+    size = predictor.image_size
+    precision = "highest" if predictor.head.dtype == jnp.float32 else "default"
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def episode(graphdefs, uncached, states, ref_px, ref_hw, tgt_px, tgt_hw, mask, vec, text):
+        with jax.default_matmul_precision(precision):
+            encoder, head = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
+            if uncached:
+                vec = masked_mean_features(patch_features(encoder, ref_px, ref_hw), mask)
+            out = head.decode(patch_features(encoder, tgt_px, tgt_hw), vec, jnp.ones((1, 1), bool), text)
+        return out.logits, out.similarity, out.points
+
+    (ref_px, ref_hw), (tgt_px, tgt_hw) = fit_to_model(ref_image, size), fit_to_model(target, size)
+    mask = (fit_to_model(ref_mask.astype(np.float32) * 255, size)[0] > 127.5).astype(np.float32)
+    (enc_def, enc_state), (head_def, head_state) = nnx.split(predictor.encoder), nnx.split(predictor.head)
+    args = jax.device_put((
+        (enc_state, head_state), ref_px[None], np.asarray([ref_hw]), tgt_px[None], np.asarray([tgt_hw]),
+        mask[None, None], np.zeros((1, 1, predictor.encoder.cfg.embed_dim), np.float32),
+        predictor.text_features(["a photo of a object"])[None],
+    ))
+    run = lambda: jax.block_until_ready(episode((enc_def, head_def), uncached, *args))
+    return median_time(run, repeats)[0]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ the point-sampled mask loss (12544 points) -> gradients -> AdamW on the head.
     batch is placed on the device beforehand. It also runs the frozen CLIP text model on the 2B
     prompts every step: that is how it computes text features. train.py wraps its whole loop in
     `torch.autograd.set_detect_anomaly(True)`, a debugging mode that slows every operation; the
-    main row runs without it (the original's best case) and a second row with it. There is no
+    main row runs without it (the original's best case) and a second row with it. On a GPU a
+    third row runs it under `torch.autocast` in bf16 (not in the original, but what its users
+    would reach for). There is no
     DistributedDataParallel wrapper (one device).
   - segic-jax: the jitted `train_step` as the Trainer builds it (mesh shardings, parameters and
     optimizer state donated), encoder in each --dtypes (the head trains in float32; on GPUs XLA's
@@ -255,11 +257,18 @@ def run_original(args, workdir: str) -> dict:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times, first = timed_steps(step, args.steps, memory, sync)
     measured = memory.result()
+    autocast_times = None
+    if device == "cuda":  # the original's mixed precision, as its users would turn it on
+        def autocast_step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return step()
+
+        autocast_times, _ = timed_steps(autocast_step, args.steps, None, sync)
     with torch.autograd.set_detect_anomaly(True):
         anomaly_times, _ = timed_steps(step, args.steps, None, sync)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     return dict(
-        times=times, anomaly_times=anomaly_times, loss=first, **measured,
+        times=times, anomaly_times=anomaly_times, autocast_times=autocast_times, loss=first, **measured,
         device=f"{name} (torch {torch.__version__}, transformers {transformers.__version__})",
     )
 
@@ -292,7 +301,7 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     from segic_jax.models import dinov2
     from segic_jax.models.segic import SegicConfig, SegicHead
     from segic_jax.training import step as train_lib
-    from segic_jax.inference.predictor import compute_dtype
+    from segic_jax.models.encoders import compute_dtype
     from segic_jax.training.trainer import BATCH_AXES, encoder_sharding, make_mesh
 
     device = jax.devices()[0]
@@ -405,6 +414,8 @@ def report(args, results: dict) -> None:
     if original:
         row("original", "float32", original["times"], original, original["loss"])
         row("original, anomaly det.", "float32", original["anomaly_times"])
+        if original.get("autocast_times"):
+            row("original, bf16 autocast", "autocast", original["autocast_times"])
     ours = [(dtype, rows, results.get(f"ours-{dtype}-{rows}")) for dtype in args.dtypes for rows in args.remat_rows]
     label = lambda rows: f"segic-jax, remat {rows} rows" if rows else "segic-jax"
     for dtype, rows, r in ours:

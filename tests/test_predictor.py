@@ -306,6 +306,7 @@ def test_device_pre_and_post_processing_equal_the_host_pipeline(predictor, rng):
     # sizes below, at and above the model size, thin ones, and several 128-px buckets in one batch
     ref_image, ref_mask = _scene(rng, 150, 97)
     targets = [_scene(rng, h, w)[0] for h, w in [(112, 112), (60, 200), (300, 41), (129, 257), (7, 90)]]
+    targets.append(targets[1].astype(np.float32) + 0.4)  # not uint8: the values are kept, not truncated
     expected = _host_pipeline(predictor, ref_image, ref_mask, targets)
     preds = predictor.segment(targets, predictor.encode_context([ref_image], [ref_mask]))
     for pred, target, (logits, sim, points) in zip(preds, targets, expected):
@@ -367,7 +368,7 @@ def compiled_programs():
 
 
 def test_encoder_and_decoder_compile_once_for_every_call(tiny, rng):
-    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=2, concept_bucket=4)
+    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=3, concept_bucket=4)  # shapes no other test uses
     ref_image, _ = _scene(rng, 80, 100)
     masks = np.zeros((4, 80, 100), bool)
     masks[0, :20] = masks[1, 30:60, :50] = masks[2, 50:, 60:] = masks[3, 70:, :10] = True
@@ -382,6 +383,9 @@ def test_encoder_and_decoder_compile_once_for_every_call(tiny, rng):
             preds = predictor.segment([_scene(rng, h, w)[0] for h, w in sizes], context)
             assert [p.masks.shape for p in preds] == [(k, h, w) for h, w in sizes]
         list(predictor.segment_episodes([Episode(ref_image, masks[:k], _scene(rng, 70, 70)[0]) for k in (1, 3, 2, 4)]))
+        # another predictor over the same models (the trainer builds one per evaluation) shares them
+        again = Predictor.from_checkpoint(tiny["path"], batch_size=3, concept_bucket=4)
+        again.segment([_scene(rng, 90, 100)[0]], again.encode_context([ref_image], [masks[:1]]))
     assert not {"_encode", "_decode", "_fit"} & set(later), later
     with compiled_programs() as new_bucket:
         predictor.segment([_scene(rng, 300, 200)[0]], predictor.encode_context([ref_image], [masks[:1]]))

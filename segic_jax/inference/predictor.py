@@ -135,7 +135,7 @@ def _stack_taps(rows: list, cols: list) -> _Resample:
 class _Fitted(NamedTuple):
     """Host-built inputs of the evaluation resize of a batch (run on the device by `_fit`)."""
 
-    canvas: np.ndarray  # (B, Hc, Wc, C) uint8: the images, zero-padded to a common bucket
+    canvas: np.ndarray  # (B, Hc, Wc, C) uint8 (or float32): the images, zero-padded to a common bucket
     taps: _Resample  # to (S, S): longer side to S by scale factor, zeros bottom/right
     valid_hw: np.ndarray  # (B, 2) int32, the resized extent
     sizes: list  # [(H, W)] the original sizes
@@ -144,7 +144,9 @@ class _Fitted(NamedTuple):
 def _canvas(arrays: Sequence[np.ndarray], channels: int) -> np.ndarray:
     hc = _pad_to(max(a.shape[0] for a in arrays), CANVAS_MULTIPLE)
     wc = _pad_to(max(a.shape[1] for a in arrays), CANVAS_MULTIPLE)
-    canvas = np.zeros((len(arrays), hc, wc, channels), np.uint8)
+    # uint8 pixels travel as uint8 (a quarter of float32); anything else keeps its values exactly
+    dtype = np.uint8 if all(np.asarray(a).dtype == np.uint8 for a in arrays) else np.float32
+    canvas = np.zeros((len(arrays), hc, wc, channels), dtype)
     for i, a in enumerate(arrays):
         canvas[i, : a.shape[0], : a.shape[1]] = a.reshape(a.shape[:2] + (-1,))
     return canvas
@@ -443,18 +445,23 @@ def _context_rows(features, text, kp: int, b: int):
 
 
 def _bind(fn, module: nnx.Module, precision: str):
-    """`fn(module, *args)` jitted, with the module's parameters flattened once and the structure
-    closed over: a call only passes a flat list of arrays."""
+    """`fn(module, *args)` jitted, with the module's parameters flattened once: a call passes only a
+    flat list of arrays. Modules of the same structure (a new predictor over the same models, the
+    trainer's head at each evaluation) share the compiled program."""
     graphdef, state = nnx.split(module)
     leaves, treedef = jax.tree.flatten(state)
+    jitted = _program(fn, graphdef, treedef, precision)
+    return lambda *args: jitted(leaves, *args)
 
+
+@functools.lru_cache(maxsize=64)
+def _program(fn, graphdef, treedef, precision: str):
     def program(leaves, *args):
         with jax.default_matmul_precision(precision):
             return fn(nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)), *args)
 
     program.__name__ = fn.__name__
-    jitted = jax.jit(program)
-    return lambda *args: jitted(leaves, *args)
+    return jax.jit(program)
 
 
 def _encode(encoder: dinov2.Dinov2, pixels: jax.Array, valid_hw: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ Variants after the colon:
          use, no download) with a small random DINOv2 and CLIP text model, on a CPU in minutes, and
          prints held-out mIoU before and after training and the propagated-mask baseline.
   small  the paper's data and recipe with DINOv2 ViT-S/14 at 448 px (converted weights).
-  paper  the paper's recipe (SEGIC_SPEC.md section 1): DINOv2 ViT-L/14 frozen at 896 px, CLIP
+  paper  the paper's recipe (docs/original.md section 1): DINOv2 ViT-L/14 frozen at 896 px, CLIP
          ViT-L/14 text, AdamW lr 1e-4 / wd 1e-4, x0.1 after epoch 10 of 12, 80k samples per epoch,
          global batch 32, the uniform COCO/ADE/COCO/LVIS mixture, reverse context, box prompt p 0.5,
          cross-instance tokens p 0.5, class-name prompt p 0.75. Datasets built with
@@ -50,7 +50,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.mixture = PAPER_MIXTURE  # name:split:kind[:rule], comma-separated
     c.data.weights = ""  # comma-separated sampling weights; empty: uniform
     c.data.max_instances = 10  # instance masks per episode (padded)
-    c.data.semantic_scale_range = "0.1,2.0"  # large-scale jitter of semantic episodes (SEGIC_SPEC.md 4.3)
+    c.data.semantic_scale_range = "0.1,2.0"  # large-scale jitter of semantic episodes (docs/original.md 4.2)
     c.data.workers = 4  # grain worker processes per host; 0: in-process
     c.data.prefetch = 4  # batches read ahead per process
     c.data.threads = 2  # reading threads per process

@@ -81,7 +81,7 @@ def _torch_features(tiny, image):
 
 @torch.no_grad()
 def _torch_pipeline(tiny, ref_image, ref_mask, target, prompt, binarize=True):
-    """The reference's one-shot inference, step by step (SEGIC_SPEC.md 2.5 and 5.1)."""
+    """The reference's one-shot inference, step by step (docs/original.md 2.4 and 5.1)."""
     ref_feat, _ = _torch_features(tiny, ref_image)
     tgt_feat, (h, w) = _torch_features(tiny, target)
     label, _ = _torch_fit(torch.from_numpy(ref_mask.astype(np.float32) * 255)[None])

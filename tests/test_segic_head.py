@@ -152,7 +152,7 @@ def test_training_prompts_match_the_reference_row_by_row(small_heads, rng):
         )
         for j in range(n):
             if not np.array_equal(np.asarray(out.points[i, j]), points[j].numpy()):
-                # the argmax of a near-flat similarity peak (SEGIC_SPEC.md 6.5): only a near-tie may move it
+                # the argmax of a near-flat similarity peak (docs/original.md 6): only a near-tie may move it
                 x0, y0 = np.asarray(out.points[i, j]).astype(int)
                 x1, y1 = points[j].numpy().astype(int)
                 assert abs(float(sim[j, y0, x0]) - float(sim[j, y1, x1])) < 1e-5

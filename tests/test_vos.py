@@ -65,8 +65,8 @@ def _video_features(rng, n, frames, c):
     """Frames that resemble the first one (feature grid 8 x 8 for SIZE) and n object masks in it.
 
     The objects stay clear of the borders: there bilinear upsampling repeats the edge values, the
-    similarity peak is a tie of several pixels, and which one wins is float noise (SEGIC_SPEC.md
-    6.5). A corner block has norms under the 1e-4 clamp of the video path, so its eps matters."""
+    similarity peak is a tie of several pixels, and which one wins is float noise (docs/original.md
+    6). A corner block has norms under the 1e-4 clamp of the video path, so its eps matters."""
     first = rng.standard_normal((8, 8, c)).astype(np.float32)
     feats = first + 0.3 * rng.standard_normal((frames, 8, 8, c)).astype(np.float32)
     feats[0] = first

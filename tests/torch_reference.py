@@ -183,7 +183,7 @@ def sam_mask_decoder(seed=0):
 
 class TorchSegicHead(torch.nn.Module):
     """SEGIC's trainable head with the reference's attribute names (its state_dict is the released
-    checkpoint's layout) and a transcription of its inference decode (SEGIC_SPEC.md 2.5), written
+    checkpoint's layout) and a transcription of its inference decode (docs/original.md 2.4), written
     from the spec with SAM's own modules."""
 
     def __init__(self, vision_dim=1024, text_dim=768, grid=64, image_size=896, strides=(7, 2), seed=0):
@@ -232,7 +232,7 @@ class TorchSegicHead(torch.nn.Module):
 
     @torch.no_grad()
     def propagate_vos(self, feats, first_masks, text, eps=1e-4, negative_label=0, memory="first_latest"):
-        """The per-frame loop of the reference's `forward_vos` (SEGIC_SPEC.md 5.6), transcribed.
+        """The per-frame loop of the reference's `forward_vos` (docs/original.md 5.2), transcribed.
 
         feats (T, C, h, w) frame features; first_masks (n, S, S) binary float; text (Ct,) pooled
         instance prompt. -> logits (T - 1, n, S, S) of frames 1..T-1 at the model size.

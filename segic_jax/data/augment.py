@@ -1,4 +1,4 @@
-"""Image and mask augmentations of SEGIC's instance pipeline (SEGIC_SPEC.md 4.4), in NumPy,
+"""Image and mask augmentations of SEGIC's instance pipeline (docs/original.md 4.3), in NumPy,
 driven by an explicit np.random.Generator so that grain can make them deterministic.
 Images are float32 in [0, 255], (H, W, 3); masks bool (N, H, W)."""
 

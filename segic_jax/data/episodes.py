@@ -1,7 +1,7 @@
 """In-context training episodes as grain pipelines: deterministic by seed, sharded per process,
 with fixed shapes and a checkpointable iterator.
 
-As in the reference's training mixture (SEGIC_SPEC.md 4.2), every episode picks a dataset by
+As in the reference's training mixture (docs/original.md 4.1), every episode picks a dataset by
 weight and then a random item of it; the stream is `samples_per_epoch` long per epoch. Episode i
 draws everything from a generator seeded by (seed, i), so process p of P, which produces episodes
 p, p + P, ..., yields exactly its share of the single-process stream, whatever the worker count.
@@ -47,8 +47,8 @@ class InstanceAugment:
 class SemanticAugment:
     flip_p: float = 0.5
     scale_range: tuple[float, float] = (0.1, 2.0)
-    # The reference resizes the reference view to an s x s square, distorting it (SEGIC_SPEC.md
-    # 4.3, a bug); off unless asked for.
+    # The reference resizes the reference view to an s x s square, distorting it (docs/original.md
+    # 4.2, a bug); off unless asked for.
     square_reference: bool = False
 
 
@@ -280,7 +280,7 @@ def iterator(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 4, thr
     return iter(it_ds)
 
 
-# The reference's training mixture (SEGIC_SPEC.md 4.2): dataset, split, kind, sampling rule.
+# The reference's training mixture (docs/original.md 4.1): dataset, split, kind, sampling rule.
 PAPER_MIXTURE = (
     ("coco20i_semantic", "train", "semantic", "class"),
     ("ade20k_semantic", "train", "semantic", "image"),

@@ -1,4 +1,4 @@
-"""Fixed, seeded evaluation episode lists (BENCHMARKS.md protocols) and their materialisation.
+"""Fixed, seeded evaluation episode lists (docs/benchmarks.md protocols) and their materialisation.
 
 An episode is (class_id, query index, support indices) into a built dataset's split; the same
 seed always gives the same list, so runs and hosts agree on what is evaluated.

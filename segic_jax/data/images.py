@@ -1,4 +1,4 @@
-"""Reading user images and masks, and the reference's evaluation resize (SEGIC_SPEC.md 5.1).
+"""Reading user images and masks, and the reference's evaluation resize (docs/original.md 5.1).
 
 Images of any mode become 8-bit RGB (grayscale, palette, RGBA, 16-bit); masks become boolean,
 checked against their image. Every error names the file at fault.

@@ -2,7 +2,7 @@
 
 Few-shot (HSNet / SEGIC): intersection and union are summed per class over all episodes;
 mIoU = mean over the classes seen of sum(I) / max(sum(U), 1), x100; FB-IoU = mean over
-foreground and background of sum_c I / sum_c U (BENCHMARKS.md).
+foreground and background of sum_c I / sum_c U (docs/benchmarks.md).
 
 Video (davis2017-evaluation): per object and frame, J = IoU (1 when both masks are empty) and
 F = boundary F-measure with a tolerance of ceil(0.008 x image diagonal) pixels (boundaries from

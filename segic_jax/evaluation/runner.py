@@ -11,7 +11,7 @@ loop's periodic held-out evaluation with the predictor it has in memory:
 
     scores = evaluate(predictor, "synthetic", data_dir, episodes=200)   # scores["miou"], ...
 
-Scoring (SEGIC_SPEC.md 5.1): predictions are compared with the ground truth at the original
+Scoring (docs/original.md 5.1): predictions are compared with the ground truth at the original
 resolution, foreground = logit > 0; per class, intersection and union are summed over all
 episodes; mIoU = mean over the classes seen of sum(I) / max(sum(U), 1), x100; FB-IoU as HSNet
 (foreground and background IoU over all episodes, averaged). Void pixels (label 255) are not
@@ -72,7 +72,7 @@ BENCHMARKS = {
         "(seed + fold): class uniform among the fold's classes, query uniform among its images, supports "
         "other images of it; text 'a photo of a {class}'. mIoU over the fold's classes and FB-IoU per fold, "
         "and their means over the folds. A checkpoint trained on all 80 classes makes this the 'generalist' "
-        "setting (BENCHMARKS.md), not the held-out-fold one.",
+        "setting (docs/benchmarks.md), not the held-out-fold one.",
     ),
     "fss1000": Benchmark(
         "fss1000", "test", 0, 0,
@@ -96,7 +96,7 @@ BENCHMARKS = {
     ),
     "ade20k": Benchmark(
         "ade20k_semantic", "val", 0, 0,
-        "ADE20K-150 in-context semantic segmentation (SEGIC_SPEC.md 5.7): every val image once; per image "
+        "ADE20K-150 in-context semantic segmentation (docs/original.md 5.3): every val image once; per image "
         "only the classes present in its ground truth are decoded, all jointly (cross-instance tokens), each "
         "with 'a photo of a {class}' and its reference's feature (soft reference mask, as the reference's "
         "semantic path). References: one real training image per class chosen by "
@@ -268,7 +268,7 @@ class _Scorer:
                 raise ValueError(f"ADE20K class {class_id} ({self.unit.class_names[class_id - 1]}) is in a val image "
                                  "but in no training image, so it has no reference")
             data = decode_semantic(self.unit.train[self.references[class_id]])
-            # the reference's semantic path resizes the soft mask (SEGIC_SPEC.md 2.11)
+            # the reference's semantic path resizes the soft mask (docs/original.md 2.5)
             self._contexts[class_id] = self.predictor.encode_context(
                 [data["image"]], [data["label"] == class_id], class_names=[self.unit.class_names[class_id - 1]], binarize=False
             )

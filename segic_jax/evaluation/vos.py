@@ -1,4 +1,4 @@
-"""Zero-shot video object segmentation benchmarks (SEGIC_SPEC.md 5.6, BENCHMARKS.md): DAVIS 2017 val
+"""Zero-shot video object segmentation benchmarks (docs/original.md 5.2, docs/benchmarks.md): DAVIS 2017 val
 scored with J&F, and YouTube-VOS 2018 valid written for the challenge server.
 
     scores = evaluate_davis2017(predictor, "data/", "out/davis2017")     # {"J&F": ..., "J": ..., ...}

@@ -1,5 +1,5 @@
 """Zero-shot video object segmentation: propagate first-frame masks through a video (SEGIC's
-`forward_vos`, SEGIC_SPEC.md 5.6).
+`forward_vos`, docs/original.md 5.2).
 
     propagator = VideoPropagator(predictor)                       # memory="first_latest"
     for frame in propagator.segment(frames, {0: first_labels}, object_ids=[1, 2]):

@@ -1,4 +1,4 @@
-"""SEGIC's trainable head and its in-context decoding (SEGIC_SPEC.md sections 2.5 to 2.11, and
+"""SEGIC's trainable head and its in-context decoding (docs/original.md 2.4 to 2.5, and
 one video frame of section 5.6).
 
 The frozen encoders (DINOv2, CLIP text) live in their own modules; this head takes their outputs:
@@ -163,7 +163,7 @@ class SegicHead(nnx.Module):
         reference_valid: jax.Array,
         text_features: jax.Array,
     ) -> Decoded:
-        """One frame of SEGIC's video object segmentation (`forward_vos`, SEGIC_SPEC.md 5.6).
+        """One frame of SEGIC's video object segmentation (`forward_vos`, docs/original.md 5.2).
 
         target_features (B, h, w, Cv): the frame's DINOv2 patch tokens.
         references (B, K, R, Cv): each object's memory, masked-mean features of R earlier frames;

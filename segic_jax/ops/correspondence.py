@@ -1,4 +1,4 @@
-"""Dense correspondence between target and reference features (SEGIC_SPEC.md section 2.5).
+"""Dense correspondence between target and reference features (docs/original.md section 2.4).
 
 The reference mask picks a mean feature; its cosine similarity with every target feature is the
 propagated mask, and the similarity peak is the point prompt. Every resize is PyTorch's bilinear
@@ -16,7 +16,7 @@ import numpy as np
 from segic_jax.ops.resize import interpolation_matrix, resize
 
 SIMILARITY_EPS = 1e-8
-VOS_SIMILARITY_EPS = 1e-4  # the reference's video path clamps the norms here (SEGIC_SPEC.md 5.6)
+VOS_SIMILARITY_EPS = 1e-4  # the reference's video path clamps the norms here (docs/original.md 5.2)
 
 
 def masked_feature_sums(features: jax.Array, masks: jax.Array) -> tuple[jax.Array, jax.Array]:

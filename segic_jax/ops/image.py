@@ -1,4 +1,4 @@
-"""Image normalisation as the reference feeds its frozen encoder (SEGIC_SPEC.md section 2.1)."""
+"""Image normalisation as the reference feeds its frozen encoder (docs/original.md section 2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SEGIC's mask loss (SEGIC_SPEC.md 3.1): sigmoid cross-entropy plus dice on points sampled
+"""SEGIC's mask loss (docs/original.md 3): sigmoid cross-entropy plus dice on points sampled
 PointRend-style, 75% of them where the prediction is most uncertain.
 
 Logits (N, h, w) are the decoder's low-resolution masks, labels (N, H, W) the binary targets in

@@ -1,4 +1,4 @@
-"""One SEGIC training step (SEGIC_SPEC.md sections 1.2, 2.4, 2.5, 3): frozen encoders, two
+"""One SEGIC training step (docs/original.md 1, 2.3, 2.4, 3): frozen encoders, two
 decoding passes with reverse context, point-sampled loss, AdamW on the head only.
 
 The encoders run without gradients (in their own compute dtype, bf16 for speed); text features
@@ -52,7 +52,7 @@ def step_decay_schedule(base: float, steps_per_epoch: int, drop_epoch: int = 10,
 
 @dataclasses.dataclass(frozen=True)
 class StepOptions:
-    """What the reference fixes in its training forward (SEGIC_SPEC.md 2.5, 3.1); static under jit."""
+    """What the reference fixes in its training forward (docs/original.md 2.4, 3); static under jit."""
 
     box_prob: float = 0.5  # per target, give the ground-truth box as a prompt
     cross_prob: float = 0.5  # per target, use the cross-instance tokens

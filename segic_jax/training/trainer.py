@@ -106,7 +106,7 @@ class TextTable:
 
     def choose(self, rng: np.random.Generator, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
         """Per image: the instance prompt, or "a photo of a {name}" with probability text_prob
-        (the draw independent per image, SEGIC_SPEC.md 2.3), else ""."""
+        (the draw independent per image, docs/original.md 2.2), else ""."""
         out = np.empty(len(names), np.int32)
         for i, (inst, name) in enumerate(zip(is_instance, names)):
             name = text(name)

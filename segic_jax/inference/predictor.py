@@ -141,14 +141,16 @@ class _Fitted(NamedTuple):
     sizes: list  # [(H, W)] the original sizes
 
 
-def _canvas(arrays: Sequence[np.ndarray], channels: int) -> np.ndarray:
+def _canvas(arrays: Sequence[np.ndarray], channels: int, rows: int | None = None) -> np.ndarray:
+    """(rows, Hc, Wc, channels): each (H, W, C <= channels) array at the top left of its row, zeros
+    elsewhere (further rows, channels, and the padding to a multiple of CANVAS_MULTIPLE)."""
     hc = _pad_to(max(a.shape[0] for a in arrays), CANVAS_MULTIPLE)
     wc = _pad_to(max(a.shape[1] for a in arrays), CANVAS_MULTIPLE)
     # uint8 pixels travel as uint8 (a quarter of float32); anything else keeps its values exactly
     dtype = np.uint8 if all(np.asarray(a).dtype == np.uint8 for a in arrays) else np.float32
-    canvas = np.zeros((len(arrays), hc, wc, channels), dtype)
+    canvas = np.zeros((rows or len(arrays), hc, wc, channels), dtype)
     for i, a in enumerate(arrays):
-        canvas[i, : a.shape[0], : a.shape[1]] = a.reshape(a.shape[:2] + (-1,))
+        canvas[i, : a.shape[0], : a.shape[1], : a.shape[2]] = a
     return canvas
 
 
@@ -156,6 +158,8 @@ def _fit_inputs(images: Sequence[np.ndarray], size: int) -> _Fitted:
     """The reference's evaluation transform (`data.images.fit_to_model`) as device inputs."""
     rows, cols, valid = [], [], []
     for image in images:
+        if np.ndim(image) != 3 or image.shape[2] != 3:
+            raise ValueError(f"images must be (H, W, 3) RGB arrays, got one of shape {np.shape(image)}")
         h, w = image.shape[:2]
         scale = size / max(h, w)
         # the reference's transform would give a very thin image no rows (or columns): keep one
@@ -292,19 +296,17 @@ class Predictor:
         area = np.stack([m.reshape(k, -1).sum(1) for m in masks]).sum(0)
         if (area == 0).any():
             raise ValueError(f"concepts {np.flatnonzero(area == 0).tolist()} are empty in every reference mask")
-        if class_names is not None and len(class_names) != k:
-            raise ValueError(f"{len(class_names)} class names for {k} concepts")
+        prompts = _prompts(k, class_names, instance_prompt)
 
         kp = concept_slots(k, self.concept_bucket)
         sums = areas = 0.0
         for chunk in _chunks(range(len(images)), self.batch_size):
             fitted = _fit_inputs(self._padded([images[i] for i in chunk]), self.image_size)
             feats = self._encode_fitted(fitted)
-            canvas = _mask_canvas([masks[i] for i in chunk], kp, fitted.canvas.shape[:3])  # padding: no mask
+            canvas = _mask_canvas([masks[i] for i in chunk], kp, self.batch_size)  # padding rows: no mask
             s, a = _mask_sums(feats, canvas, *fitted.taps, binarize)
             sums, areas = sums + s.sum(0), areas + a.sum(0)
         features = (sums / jnp.maximum(areas, 1.0)[:, None])[:k]
-        prompts = _prompts(k, class_names, instance_prompt)
         return Context(features=features, text=jnp.asarray(self.text_features(prompts)), prompts=tuple(prompts))
 
     def segment(self, targets: Sequence[np.ndarray], context: Context) -> list[Prediction]:
@@ -331,24 +333,25 @@ class Predictor:
         s = self.image_size
 
         def dispatch(batch: list) -> _Pending:
-            stacks = [_concept_stacks([e.reference], [e.masks])[0] for e in batch]
-            for i, m in enumerate(stacks):
+            padded = self._padded(batch)  # (index, episode) pairs, the last repeated
+            stacks = [_concept_stacks([e.reference], [e.masks])[0] for _, e in padded]
+            for (n, _), m in zip(batch, stacks):
                 if not m.reshape(m.shape[0], -1).any(1).all():
-                    raise ValueError(f"episode {i} of the batch has an empty reference mask")
+                    raise ValueError(f"episode {n} has an empty reference mask")
             ks = [m.shape[0] for m in stacks]
             kp = concept_slots(max(ks), self.concept_bucket)
-            padded = self._padded(list(batch))
-            refs = _fit_inputs([e.reference for e in padded], s)
-            canvas = _mask_canvas(self._padded(stacks), kp, refs.canvas.shape[:3])
+            refs = _fit_inputs([e.reference for _, e in padded], s)
+            canvas = _mask_canvas(stacks, kp, self.batch_size)
             ref_sums, ref_areas = _mask_sums(self._encode_fitted(refs), canvas, *refs.taps, binarize)
             text = np.zeros((len(padded), kp, self._text_width), np.float32)
-            for i, (e, k) in enumerate(zip(padded, self._padded(ks))):
+            for i, ((_, e), k) in enumerate(zip(padded, ks)):
                 text[i, :k] = self.text_features(_prompts(k, e.class_names, e.instance_prompt))
-            valid = np.arange(kp)[None] < np.asarray(self._padded(ks))[:, None]
-            targets = _fit_inputs([e.target for e in padded], s)
-            return self._decode(targets, ref_sums / jnp.maximum(ref_areas, 1.0)[..., None], valid, text, max(ks), ks)
+            valid = np.arange(kp)[None] < np.asarray(ks)[:, None]
+            targets = _fit_inputs([e.target for _, e in padded], s)
+            ref_feats = ref_sums / jnp.maximum(ref_areas, 1.0)[..., None]
+            return self._decode(targets, ref_feats, valid, text, max(ks), ks[: len(batch)])
 
-        return self._pipelined(_chunks(episodes, self.batch_size), dispatch)
+        return self._pipelined(_chunks(enumerate(episodes), self.batch_size), dispatch)
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -398,12 +401,10 @@ def _concept_stacks(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -
     return stacks
 
 
-def _mask_canvas(stacks: Sequence[np.ndarray], kp: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """(B, Hc, Wc, Kp) uint8 0/255: the masks as channels (the reference resizes 0-255 values)."""
-    canvas = np.zeros(shape + (kp,), np.uint8)
-    for i, m in enumerate(stacks):
-        canvas[i, : m.shape[1], : m.shape[2], : m.shape[0]] = np.moveaxis(m, 0, -1) * np.uint8(255)
-    return canvas
+def _mask_canvas(stacks: Sequence[np.ndarray], kp: int, rows: int) -> np.ndarray:
+    """(rows, Hc, Wc, kp) uint8 0/255: (K, H, W) masks as channels, laid out as `_canvas` lays out
+    their images (the reference resizes 0-255 values)."""
+    return _canvas([np.moveaxis(m, 0, -1).astype(np.uint8) * np.uint8(255) for m in stacks], kp, rows)
 
 
 def _prompts(k: int, class_names: Sequence[str] | None, instance_prompt: bool) -> list[str]:

@@ -12,44 +12,118 @@ build leaves nothing that reads as a dataset.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 
 NEEDS_NO_FILES = {"synthetic_incontext"}
+# what each dataset is built from (the builder modules' docstrings give the full layouts)
+SOURCES = {
+    "synthetic_incontext": "built in, no files (configs: default, tiny)",
+    "coco_instances": "COCO 2017: annotations/instances_{train,val}2017.json, {train,val}2017/",
+    "lvis_instances": "LVIS v1: lvis_v1_{train,val}.json, COCO 2017 {train,val}2017/",
+    "ade20k_semantic": "ADEChallengeData2016: images/, annotations/, objectInfo150",
+    "coco20i_semantic": "COCO 2014: annotations/instances_{train,val}2014.json, {train,val}2014/",
+    "fss1000": "FSS-1000: <class>/N.jpg + N.png, splits/{trn,val,test}.txt",
+    "davis2017": "DAVIS 2017: JPEGImages/480p, Annotations/480p, ImageSets/2017",
+    "youtube_vos": "YouTube-VOS 2018: {train,valid}/{JPEGImages,Annotations,meta.json}",
+}
+DEFAULT_DATA_DIR = "data"
 
 
-def build(name: str, manual_dir: str | None, data_dir: str):
-    """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny)."""
-    import tensorflow_datasets as tfds
+@contextlib.contextmanager
+def _quiet_tfds(builder=None):
+    """TFDS announces "Downloading and preparing dataset ..." and warns about the half-made folder it
+    is about to fill; these builders download nothing, so both only mislead. Other warnings and
+    errors still show."""
+    from absl import logging
 
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    if builder is not None:  # the two announcements are methods of the builder: silence them on this one
+        builder._log_download_bytes = lambda: None
+        builder._log_download_done = lambda: None
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def make_builder(name: str, data_dir: str):
+    """The TFDS builder of `name` (a dataset, optionally with a config after a slash) over `data_dir`."""
     from segic_jax.data.builders import builder_class
-    from segic_jax.data.builders.common import require_dir
 
     builder_cls = builder_class(name)
-    dataset, _, config = name.partition("/")
+    _, _, config = name.partition("/")
+    kwargs = {"config": config} if config else {}
+    with _quiet_tfds():
+        return builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
+
+
+def is_built(name: str, data_dir: str) -> bool:
+    builder = make_builder(name, data_dir)
+    with _quiet_tfds():
+        return builder.is_prepared()
+
+
+def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = True):
+    """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny).
+    `progress` shows TFDS's progress bars per split."""
+    import tensorflow_datasets as tfds
+
+    from segic_jax.data.builders.common import require_dir
+
+    dataset = name.partition("/")[0]
+    builder = make_builder(name, data_dir)
     if dataset not in NEEDS_NO_FILES:
         if not manual_dir:
             raise ValueError(f"{dataset} is built from your files: give --manual_dir")
         require_dir(manual_dir, f"--manual_dir of {dataset}")
-    kwargs = {"config": config} if config else {}
-    builder = builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    builder.download_and_prepare(download_config=download_config)
+    with _quiet_tfds(builder), (contextlib.nullcontext() if progress else _no_progress_bars()):
+        builder.download_and_prepare(download_config=download_config)
     return builder
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    previous = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(previous)
+
+
+def _parser() -> argparse.ArgumentParser:
+    width = max(len(k) for k in SOURCES)
+    datasets = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in SOURCES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m segic_jax.data.build",
+        description=__doc__.split("\n")[0],
+        epilog=f"datasets (NAME):\n{datasets}\n\nThe module docstrings in segic_jax/data/builders/ give each layout.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help="dataset[/config], e.g. coco_instances or synthetic_incontext/tiny")
+    parser.add_argument("--manual_dir", help="the dataset's files, in the layout its builder reads (all but synthetic_incontext)")
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                        help="where the TFDS dataset is written (default: %(default)s; the demo uses ~/.cache/segic_jax/data)")
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segic_jax.data.build", description=__doc__.split("\n")[0])
-    parser.add_argument("name", help="dataset[/config], e.g. coco_instances or synthetic_incontext/tiny")
-    parser.add_argument("--manual_dir", help="the dataset's files, in the layout its builder reads")
-    parser.add_argument("--data_dir", default="data", help="where the TFDS dataset is written")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    start = time.time()
     try:
         builder = build(args.name, args.manual_dir, args.data_dir)
     except ValueError as e:  # LayoutError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
-    print(f"built {args.name} ({splits} examples) in {builder.data_dir}")
+    print(f"built {args.name} ({splits} examples) in {builder.data_dir} in {time.time() - start:.0f} s")
     return 0
 
 

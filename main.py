@@ -1,4 +1,4 @@
-"""segic-jax entry point.
+r"""segic-jax entry point.
 
     python main.py --config configs/segic.py --workdir /tmp/segic_demo
     python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/ ...
@@ -28,7 +28,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configuration file, e.g. configs/segic.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for outputs")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "correspondence", "predict"], "what to run")
-flags.DEFINE_string("checkpoint", None, "predict: converted SEGIC directory (python -m segic_jax.convert segic)")
+flags.DEFINE_string(
+    "checkpoint", None,
+    "predict: a converted SEGIC directory (python -m segic_jax.convert segic), or a release name "
+    "(segic_dinov2_l_80kx12e, segic_dinov2_l_160kx12e: fetched and converted once into ~/.cache/segic_jax)",
+)
 flags.DEFINE_multi_string("reference", [], "predict: a reference image (repeat for several)")
 flags.DEFINE_multi_string("reference_mask", [], "predict: the mask of each --reference, in the same order")
 flags.DEFINE_multi_string("class_name", [], "predict: class of each --reference (same name = shots of one class)")
@@ -56,17 +60,18 @@ def main(argv):
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
     if FLAGS.mode == "predict":
         from segic_jax.inference import predict
-        from segic_jax.inference.predictor import Predictor
 
         if not FLAGS.checkpoint or not FLAGS.target:
             raise app.UsageError("--mode predict needs --checkpoint and --target")
         try:
             outputs = predict.check_outputs(FLAGS.outputs)
-            predictor = Predictor.from_checkpoint(FLAGS.checkpoint, dtype=FLAGS.dtype, batch_size=FLAGS.batch_size)
-            written = predict.run(
-                predictor, FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.workdir,
-                class_names=FLAGS.class_name, instance_prompt=FLAGS.instance_prompt, outputs=outputs,
-            )
+            # every input is read and checked first: a wrong path fails at once, not after loading the model
+            inputs = predict.prepare(FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.class_name)
+            if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+                raise ValueError(f"--workdir {FLAGS.workdir} is a file; give a folder for the outputs")
+            predictor = load_predictor(FLAGS.checkpoint, FLAGS.dtype, FLAGS.batch_size)
+            written = predict.run(predictor, inputs, out_dir=FLAGS.workdir, instance_prompt=FLAGS.instance_prompt,
+                                  outputs=outputs)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
@@ -96,5 +101,28 @@ def main(argv):
         sys.exit(1)
 
 
+def load_predictor(checkpoint: str, dtype: str, batch_size: int):
+    """A converted directory, or the name of a release (fetched and converted once, segic_jax.pretrained)."""
+    from segic_jax import pretrained
+    from segic_jax.inference.predictor import Predictor, check_checkpoint
+
+    if not os.path.exists(checkpoint) and checkpoint in pretrained.RELEASES:
+        checkpoint = pretrained.pretrained_dir(checkpoint)
+    check_checkpoint(checkpoint)
+    return Predictor.from_checkpoint(checkpoint, dtype=dtype, batch_size=batch_size)
+
+
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
+
+
+def print_help() -> None:
+    """The usage text above, as written, then this program's flags (absl's own --help reflows the
+    examples and exits 1)."""
+    print(__doc__.strip() + "\n\nflags:\n" + FLAGS.main_module_help())
+
+
 if __name__ == "__main__":
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print_help()
+        sys.exit(0)
     app.run(main)

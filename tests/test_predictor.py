@@ -232,6 +232,9 @@ def test_predict_refuses_bad_inputs_and_writes_nothing(tiny, rng, tmp_path):
         (["--reference", ref_path, "--reference_mask", good_mask, "--target", str(corrupt)], "cannot read .*corrupt.jpg"),
         (["--reference", ref_path, "--target", ref_path], "one mask per reference"),
     ]
+    # the inputs are checked before the checkpoint is even looked at: a missing mask is named as a mask
+    missing_mask = ["--reference", ref_path, "--reference_mask", str(tmp_path / "nomask.png"), "--target", ref_path]
+    cases.append((missing_mask + ["--checkpoint", str(tmp_path / "no_checkpoint")], "mask file not found: .*nomask.png"))
     for i, (args, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
         result = _run_cli("--checkpoint", tiny["path"], "--workdir", str(out), *args)

@@ -13,16 +13,16 @@ import numpy as np
 from segic_jax.ops.resize import resize
 
 
-def _open(path: str):
+def _open(path: str, what: str = "image"):
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read {path} as an image ({e}); is the file complete?") from None
+        raise ValueError(f"cannot read {path} as {'an' if what[0] in 'aeiou' else 'a'} {what} ({e}); is the file complete?") from None
     return img
 
 
@@ -49,7 +49,7 @@ def load_image(path: str) -> np.ndarray:
 def load_mask(path: str, image_hw: tuple[int, int] | None = None, image_path: str = "the image") -> np.ndarray:
     """(H, W) bool foreground from a mask file: palette masks by index != 0, others by value > 127
     (any channel for colour masks). Refuses a mask whose size differs from its image or that is empty."""
-    img = _open(path)
+    img = _open(path, "mask")
     if img.mode == "P":
         fg = np.asarray(img) != 0
     elif img.mode == "1":

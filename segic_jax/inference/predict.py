@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,10 +27,7 @@ from segic_jax.data.images import load_image, load_mask
 from segic_jax.inference.predictor import Predictor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-PALETTE = np.array(
-    [(255, 60, 60), (60, 200, 60), (60, 120, 255), (255, 200, 40), (200, 60, 220), (40, 210, 210), (255, 130, 40), (150, 150, 255)],
-    np.uint8,
-)
+PALETTE = np.array(visualize.PALETTE, np.uint8)
 
 
 def target_paths(target: str) -> list[str]:
@@ -79,18 +76,36 @@ def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
     return tuple(outputs)
 
 
+class Inputs(NamedTuple):
+    """What a predict run reads before any model work: the decoded references and their mask stacks,
+    the concept names (or None) and the target paths."""
+
+    images: list
+    stacks: list
+    names: list | None
+    paths: list[str]
+
+
+def prepare(references: Sequence[str], masks: Sequence[str], target: str, class_names: Sequence[str] = ()) -> Inputs:
+    """Read and check every reference and mask and list the targets, so that a wrong path or a bad
+    mask is reported at once, before a checkpoint is loaded (seconds) or anything is written."""
+    images, stacks, names = build_context_inputs(references, masks, class_names)
+    return Inputs(images, stacks, names, target_paths(target))
+
+
 def run(
     predictor: Predictor,
-    references: Sequence[str],
-    masks: Sequence[str],
-    target: str,
-    out_dir: str,
+    references: Sequence[str] | Inputs,
+    masks: Sequence[str] = (),
+    target: str | None = None,
+    out_dir: str = ".",
     class_names: Sequence[str] = (),
     instance_prompt: bool = False,
     outputs: Sequence[str] = OUTPUTS,
     threads: int = 4,
 ) -> list[str]:
-    """Segment every target and write its files; returns the written paths.
+    """Segment every target and write its files; returns the written paths. `references` may be
+    the `Inputs` that `prepare` returned (then `masks`, `target` and `class_names` are not used).
 
     Built for folders of thousands of images (or a video's frames): targets are read and decoded
     `threads` at a time in background threads while the device works on earlier batches, outputs
@@ -98,8 +113,9 @@ def run(
     A target that cannot be read is skipped and named at the end (a ValueError after every other
     target is written); every file is written whole or not at all."""
     outputs = check_outputs(outputs)
-    images, stacks, names = build_context_inputs(references, masks, class_names)
-    paths = target_paths(target)
+    inputs = references if isinstance(references, Inputs) else prepare(references, masks, target, class_names)
+    images, stacks, names, paths = inputs
+    labels = [str(n) for n in names] if names else None
     # as the reference's custom evaluation: soft (resized) reference masks
     context = predictor.encode_context(images, stacks, class_names=names, instance_prompt=instance_prompt, binarize=False)
     written, unreadable = [], []
@@ -127,7 +143,7 @@ def run(
         writing: collections.deque = collections.deque()
         for pred in predictor.segment_iter(targets(), context):
             path, image = order.popleft()
-            writing.append(writers.submit(_write, out_dir, path, image, pred, outputs))
+            writing.append(writers.submit(_write, out_dir, path, image, pred, outputs, labels))
             while writing and (writing[0].done() or len(writing) > 2 * threads):
                 written += writing.popleft().result()
                 progress.update(1)
@@ -147,8 +163,13 @@ def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
         return path, None, str(e)
 
 
-def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS) -> list[str]:
+def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
+           labels: Sequence[str] | None = None) -> list[str]:
+    """The files of one target. `labels` name the concepts (legend of the overlay, title of each
+    heatmap); without them a single concept goes unlabelled and several are "concept j"."""
     stem = os.path.splitext(os.path.basename(path))[0]
+    k = len(pred.masks)
+    names = list(labels) if labels else ([f"concept {j}" for j in range(k)] if k > 1 else [])
     written = []
     overlay = image.copy()
     for j, mask in enumerate(pred.masks):
@@ -159,9 +180,14 @@ def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[s
             overlay = visualize.mask_overlay(overlay, mask, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
         if "propagated" in outputs:
             heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
+            title = f"{names[j]}: " if names else ""
+            heat = visualize.with_legend(heat, [(f"{title}propagated mask (red high), point prompt", (255, 255, 255))])
             written.append(os.path.join(out_dir, f"{stem}_propagated{j}.png"))
             files.write_png(written[-1], heat)
     if "overlay" in outputs:
+        if names:
+            overlay = visualize.with_legend(overlay, [(n, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
+                                                      for j, n in enumerate(names)])
         written.append(os.path.join(out_dir, f"{stem}_overlay.png"))
         files.write_png(written[-1], overlay)
     return written

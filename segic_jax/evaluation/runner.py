@@ -40,7 +40,7 @@ from segic_jax import checkpoints
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_semantic
 from segic_jax.evaluation import records, report
-from segic_jax.evaluation.metrics import IoUMeter, confusion
+from segic_jax.evaluation.metrics import IoUMeter, confusion, jaccard
 from segic_jax.inference.predictor import Context, Episode, Predictor, check_checkpoint
 from segic_jax.models.encoders import compute_dtype
 
@@ -450,11 +450,9 @@ def model_predictor(head, encoder, text_model, tokenizer) -> Predictor:
 
 def example_image(predictor, benchmark: str, data_dir: str, *, dataset: str | None = None, seed: int = 0,
                   height: int = 256) -> np.ndarray:
-    """The first one-shot episode of a few-shot benchmark as one picture: the reference with its
-    mask (green), the target with the prediction (red), and the propagated mask (JET) with its
-    point prompt. (H, W, 3) uint8."""
-    from PIL import Image
-
+    """The first one-shot episode of a few-shot benchmark as one picture of titled panels: the
+    reference with its mask (green), the target with the prediction (red), and the propagated mask
+    (JET) with its point prompt. (H, W, 3) uint8."""
     from segic_jax import visualize
 
     if benchmark not in BENCHMARKS or benchmark == "ade20k":
@@ -466,16 +464,12 @@ def example_image(predictor, benchmark: str, data_dir: str, *, dataset: str | No
     r = eval_episodes.decode_item(benchmark, unit.source[supports[0]], class_id)
     name = q.name or unit.class_names[class_id - 1]
     (pred,) = predictor.segment([q.image], predictor.encode_context([r.image], [r.mask], class_names=[name]))
-    panels = [
-        visualize.mask_overlay(r.image, r.mask, colour=(60, 220, 60)),
-        visualize.mask_overlay(q.image, pred.masks[0]),
-        visualize.draw_point(visualize.heatmap_overlay(q.image, pred.similarity[0]), pred.points[0]),
-    ]
-    scaled = []
-    for p in panels:
-        w = max(1, round(p.shape[1] * height / p.shape[0]))
-        scaled.append(np.asarray(Image.fromarray(p).resize((w, height), Image.BILINEAR)))
-    return np.concatenate(scaled, axis=1)
+    iou = 100 * float(jaccard(q.mask, pred.masks[0]))
+    return visualize.panel_strip([
+        (f"reference: {name}", visualize.mask_overlay(r.image, r.mask, colour=visualize.REFERENCE_COLOUR)),
+        (f"prediction (IoU {iou:.1f})", visualize.mask_overlay(q.image, pred.masks[0])),
+        ("propagated mask + point", visualize.draw_point(visualize.heatmap_overlay(q.image, pred.similarity[0]), pred.points[0])),
+    ], height=height)
 
 
 def _check_config(config) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.inference.predictor import Predictor
-from torch_reference import TorchSegicHead, hf_clip_text, hf_dinov2, hf_folder_to_hub_state_dict, write_clip_vocab
+from torch_reference import write_released
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -82,16 +82,7 @@ def test_notebooks_are_committed_without_outputs(name):
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """Tiny random SEGIC in the released formats: hub DINOv2 .pth, HF CLIP folder, head .pth."""
-    root = tmp_path_factory.mktemp("released")
-    hf_dinov2(seed=5).save_pretrained(str(root / "dino_hf"))
-    torch.save(hf_folder_to_hub_state_dict(str(root / "dino_hf")), str(root / "dinov2_vits14_pretrain.pth"))
-    hf_clip_text(vocab=49408, width=32, depth=1, heads=2, mlp=64, seed=6).save_pretrained(str(root / "clip"))
-    write_clip_vocab(str(root / "clip"))
-    head = TorchSegicHead(vision_dim=128, text_dim=32, grid=8, image_size=SIZE, seed=7)
-    torch.save(head.state_dict(), str(root / "segic.pth"))
-    return dict(
-        SEGIC_HEAD=str(root / "segic.pth"), DINOV2=str(root / "dinov2_vits14_pretrain.pth"), CLIP_FOLDER=str(root / "clip")
-    )
+    return write_released(str(tmp_path_factory.mktemp("released")), image_size=SIZE)
 
 
 def _mask_png(path):

@@ -288,3 +288,19 @@ class TorchSegicHead(torch.nn.Module):
             out.append(logits)
             memory_list.append(inst_feat(feats[t], (logits > 0).float()))
         return torch.stack(out)
+
+
+def write_released(root: str, image_size: int = 112) -> dict[str, str]:
+    """Tiny random SEGIC in the released formats, under their released names: the head .pth, the hub
+    DINOv2 .pth (a hub state dict) and a Hugging Face CLIP folder with its tokenizer files."""
+    os.makedirs(root, exist_ok=True)
+    hf_dinov2(seed=5).save_pretrained(os.path.join(root, "dino_hf"))
+    dinov2 = os.path.join(root, "dinov2_vitl14_pretrain.pth")
+    torch.save(hf_folder_to_hub_state_dict(os.path.join(root, "dino_hf")), dinov2)
+    clip = os.path.join(root, "clip-vit-large-patch14")
+    hf_clip_text(vocab=49408, width=32, depth=1, heads=2, mlp=64, seed=6).save_pretrained(clip)
+    write_clip_vocab(clip)
+    head = TorchSegicHead(vision_dim=128, text_dim=32, grid=image_size // 14, image_size=image_size, seed=7)
+    segic = os.path.join(root, "segic_dinov2_l_80kx12e.pth")
+    torch.save(head.state_dict(), segic)
+    return dict(SEGIC_HEAD=segic, DINOV2=dinov2, CLIP_FOLDER=clip)

@@ -223,6 +223,18 @@ class Predictor:
         self._text_cache: dict[str, np.ndarray] = {}
 
     @classmethod
+    def from_pretrained(cls, name: str = "segic_dinov2_l_80kx12e", *, cache_dir: str | None = None,
+                        image_size: int | None = None, dtype: str = "bfloat16", **kwargs) -> "Predictor":
+        """The released SEGIC (`segic_dinov2_l_80kx12e` or `segic_dinov2_l_160kx12e`): its head from
+        Hugging Face `menglc/SEGIC`, the hub DINOv2-L/14 and `openai/clip-vit-large-patch14`, fetched
+        and converted once into the cache (`segic_jax.pretrained`), then loaded like `from_checkpoint`.
+        Needs PyTorch the first time, to read the .pth files."""
+        from segic_jax import pretrained
+
+        path = pretrained.pretrained_dir(name, cache_dir=cache_dir, image_size=image_size)
+        return cls.from_checkpoint(path, dtype=dtype, **kwargs)
+
+    @classmethod
     def from_checkpoint(cls, path: str, *, dtype: str = "float32", fp8: bool = False, **kwargs) -> "Predictor":
         """Load a directory written by `python -m segic_jax.convert segic` (head/, dinov2/, clip_text/).
 

@@ -167,6 +167,17 @@ def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
     logged = [r for r in read_metrics(os.path.join(tmp_path, "logs")) if "eval/miou" in r]
     assert [r["step"] for r in logged] == [0, 2]
 
+    # running the finished run again trains nothing and keeps its summary, export and table
+    kept = (tmp_path / "summary.json").read_bytes()
+    exported = os.stat(tmp_path / "export").st_mtime_ns
+    again = trainer_lib.train(config, str(tmp_path))
+    assert again["already_finished"] and again["evaluations"] == summary["evaluations"]
+    assert (tmp_path / "summary.json").read_bytes() == kept
+    assert os.stat(tmp_path / "export").st_mtime_ns == exported
+    table = trainer_lib.report(again, config)
+    assert "finished run (2/2 steps" in table and f"{summary['evaluations']['step_2']['miou']:6.1f}" in table
+    assert f"{summary['evaluations']['untrained']['miou']:6.1f}" in table
+
 
 def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
     from fake_datasets import write_ade, write_coco, write_coco2014, write_lvis

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import signal
 import time
@@ -86,15 +87,13 @@ def ensure_builtin_datasets(parts, data_dir: str) -> None:
     """Build the synthetic dataset on first use (it needs no files); others must be built."""
     from segic_jax.data import build as build_lib
 
-    from segic_jax.data.builders import builder_class
-
     for name in sorted({p[0] for p in parts}):
-        dataset, _, cfg = name.partition("/")
-        if dataset in build_lib.NEEDS_NO_FILES:
-            builder = builder_class(name)(data_dir=data_dir, file_format="array_record", **({"config": cfg} if cfg else {}))
-            if not builder.is_prepared():
-                print(f"building the built-in dataset {name} in {data_dir} (once)", flush=True)
-                build_lib.build(name, None, data_dir)
+        if name.partition("/")[0] in build_lib.NEEDS_NO_FILES and not build_lib.is_built(name, data_dir):
+            print(f"building the built-in dataset {name} in {data_dir} (once)", flush=True)
+            start = time.time()
+            builder = build_lib.build(name, None, data_dir, progress=False)
+            sizes = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
+            print(f"built {name} ({sizes} scenes) in {time.time() - start:.0f} s", flush=True)
 
 
 class TextTable:
@@ -377,11 +376,15 @@ class Trainer:
             mask_iou=clu_metrics.Average.from_output("iou"),
         )
         summary: dict[str, Any] = {"resumed_from": self.state.step if resumed else None, **self.notes}
-        evals = {}
+        earlier = self._previous_summary() if resumed else {}
+        finished_before = resumed and self.state.step >= self.num_steps
+        # a resumed run keeps what the earlier runs measured up to the checkpoint it resumed from
+        evals = {k: v for k, v in earlier.get("evaluations", {}).items()
+                 if k == "untrained" or (k.startswith("step_") and k[5:].isdigit() and int(k[5:]) <= self.state.step)}
         if c.eval.every_steps and c.eval.at_start and not resumed:
             evals["untrained"] = self.evaluate("untrained")
             print(f"step 0 (untrained): {_format_eval(evals['untrained'])}", flush=True)
-        losses: list[float] = []
+        losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // max(c.log.every_steps, 1)]
         metrics = None
         start_step, t0 = self.state.step, time.time()
         bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training", disable=not self.is_main or not c.log.progress)
@@ -429,9 +432,16 @@ class Trainer:
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+        if finished_before and earlier.get("step") == self.state.step and not earlier.get("stopped_early") \
+                and os.path.isdir(earlier.get("export") or ""):
+            # nothing was trained: the finished run's summary and export stand as they are
+            self.writer.flush()
+            return {**earlier, "already_finished": True}
+        steps = self.state.step - start_step
         summary.update(
             step=self.state.step, num_steps=self.num_steps, stopped_early=stopped, train_losses=losses,
-            seconds=time.time() - t0, steps_per_second=(self.state.step - start_step) / max(time.time() - t0, 1e-9),
+            seconds=time.time() - t0, steps_this_run=steps,
+            steps_per_second=steps / max(time.time() - t0, 1e-9) if steps else earlier.get("steps_per_second", 0.0),
             evaluations=evals,
         )
         if not stopped and self.is_main:
@@ -440,6 +450,16 @@ class Trainer:
             files.write_json(os.path.join(self.workdir, "summary.json"), _jsonable(summary))
         self.writer.flush()
         return summary
+
+    def _previous_summary(self) -> dict:
+        """The summary.json an earlier run on this workdir wrote ({} when there is none or it is unreadable)."""
+        path = os.path.join(self.workdir, "summary.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return previous if isinstance(previous, dict) else {}
 
     def close(self) -> None:
         self.manager.close()
@@ -494,8 +514,12 @@ def train(config, workdir: str) -> dict:
 
 def report(summary: dict, config) -> str:
     """The end-of-run lines: steps, speed, held-out scores before and after, the export."""
-    lines = [f"trained {summary['step']}/{summary['num_steps']} steps at {summary['steps_per_second']:.2f} steps/s"
-             + (" (stopped early; run again to resume)" if summary["stopped_early"] else "")]
+    if summary.get("already_finished"):
+        lines = [f"this workdir holds a finished run ({summary['step']}/{summary['num_steps']} steps, trained at "
+                 f"{summary['steps_per_second']:.2f} steps/s); its results, kept in summary.json:"]
+    else:
+        lines = [f"trained {summary['step']}/{summary['num_steps']} steps at {summary['steps_per_second']:.2f} steps/s"
+                 + (" (stopped early; run again to resume)" if summary["stopped_early"] else "")]
     evals = summary["evaluations"]
     if evals:
         last = evals[max((k for k in evals if k.startswith("step_")), key=lambda k: int(k[5:]), default="untrained")]

@@ -16,7 +16,8 @@ from PIL import Image
 
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.inference.predictor import Predictor
-from torch_reference import write_released
+from segic_jax.conversion import segic as segic_conversion
+from torch_reference import stand_in_release, write_released
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
@@ -75,7 +76,9 @@ def test_notebooks_are_committed_without_outputs(name):
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert code[0].source.lstrip().startswith("# ── Install")
+    # the parameters first (REPO_URL among them), then the install cell that clones REPO_URL on Colab
+    assert "parameters" in code[0].metadata.get("tags", []) and code[0].source.startswith("REPO_URL = ")
+    assert code[1].source.lstrip().startswith("# ── Install") and "git clone -q {REPO_URL}" in code[1].source
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
 
 
@@ -91,23 +94,29 @@ def _mask_png(path):
     return mask > 0
 
 
-def test_convert_and_segment_notebook(kernel_env, released, tmp_path):
-    checkpoint, out = tmp_path / "converted", tmp_path / "out"
-    common = dict(released, CHECKPOINT=str(checkpoint), IMAGE_SIZE=SIZE, DTYPE="float32")
+def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatch):
+    checkpoint, out, cache = tmp_path / "converted", tmp_path / "out", tmp_path / "cache"
+    # the release as Colab would fetch it, from a stand-in hub (the kernel inherits this environment)
+    for key, value in stand_in_release(str(tmp_path / "hub"), released).items():
+        monkeypatch.setenv(key, value)
+    common = dict(CHECKPOINT=str(checkpoint), IMAGE_SIZE=SIZE, DTYPE="float32", CACHE_DIR=str(cache))
 
-    # no reference given: the built-in synthetic pair
+    # defaults: the released model, no reference given (the built-in synthetic pair)
     nb = run_notebook(
         "01_convert_and_segment.ipynb", **common, SYNTHETIC_SEED=3, SYNTHETIC_SIZE=96, OUT_DIR=str(out / "a")
     )
-    assert sorted(os.listdir(checkpoint)) == ["clip_text", "dinov2", "head"]
-    text, _ = outputs(nb, "convert")
-    assert "wrote SEGIC" in text
+    release_dir = cache / "pretrained" / f"segic_dinov2_l_80kx12e_{SIZE}px"
+    assert sorted(os.listdir(release_dir)) == ["clip_text", "dinov2", "head", "release.json"]
+    assert f"converted in {release_dir}" in outputs(nb, "convert")[0]
+    assert not checkpoint.exists()
     assert len(outputs(nb, "inputs")[1]) == 1 and len(outputs(nb, "show")[1]) == 1  # reference; target panels
     assert "IoU with the true mask" in outputs(nb, "segment")[0]
     saved = _mask_png(out / "a" / "synthetic_target_mask0.png")
-    # the notebook's mask is the predictor's
+    # the notebook's mask is the predictor's, on the same files converted by hand
     pair = synthetic_pair(3, 96)
-    predictor = Predictor.from_checkpoint(str(checkpoint))
+    predictor = Predictor.from_checkpoint(segic_conversion.convert_all(
+        released["SEGIC_HEAD"], released["DINOV2"], released["CLIP_FOLDER"], str(tmp_path / "by_hand"),
+        image_size=SIZE, progress=False))
     context = predictor.encode_context([pair["reference_image"]], [pair["reference_mask"]], binarize=False)
     (pred,) = predictor.segment([pair["target_image"]], context)
     np.testing.assert_array_equal(saved, pred.masks[0])
@@ -123,11 +132,12 @@ def test_convert_and_segment_notebook(kernel_env, released, tmp_path):
     Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(tmp_path / "targets" / "wide.png")
     Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8)).save(tmp_path / "targets" / "grey.png")
     nb = run_notebook(
-        "01_convert_and_segment.ipynb", **common, REFERENCE_IMAGE=str(tmp_path / "ref.jpg"),
+        "01_convert_and_segment.ipynb", **common, **released, REFERENCE_IMAGE=str(tmp_path / "ref.jpg"),
         REFERENCE_MASK=str(tmp_path / "ref_mask.png"), CLASS_NAME="thing", TARGETS=[str(tmp_path / "targets")],
         OUT_DIR=str(out / "b"),
     )
-    assert "using the converted checkpoint" in outputs(nb, "convert")[0]  # converted once, then reused
+    assert "wrote SEGIC" in outputs(nb, "convert")[0]  # your own files, converted into CHECKPOINT
+    assert sorted(os.listdir(checkpoint)) == ["clip_text", "dinov2", "head"]
     assert len(outputs(nb, "show")[1]) == 2
     assert sorted(os.listdir(out / "b")) == ["grey_mask0.png", "wide_mask0.png"]
     assert _mask_png(out / "b" / "wide_mask0.png").shape == (90, 130)

@@ -2,7 +2,6 @@
 out as the Hugging Face hub cache (offline mode) for the head and CLIP, and a file:// mirror of the
 DINOv2 hub. Tiny random weights under the released names."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,27 +15,10 @@ from segic_jax import pretrained
 from segic_jax.conversion import segic as segic_conversion
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.inference.predictor import Predictor
-from torch_reference import write_released
+from torch_reference import stand_in_hub, write_released
 
 SIZE = 112
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def stand_in_hub(cache, repo: str, files: dict[str, str], commit: str = "0123456789abcdef0123456789abcdef01234567"):
-    """`files` (name -> local path) as huggingface_hub caches a repository: blobs, refs/main, and a
-    snapshot of links to the blobs."""
-    base = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    snapshot = os.path.join(base, "snapshots", commit)
-    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
-    os.makedirs(os.path.join(base, "blobs"), exist_ok=True)
-    os.makedirs(snapshot, exist_ok=True)
-    with open(os.path.join(base, "refs", "main"), "w") as f:
-        f.write(commit)
-    for name, path in files.items():
-        with open(path, "rb") as f:
-            blob = os.path.join(base, "blobs", hashlib.sha256(f.read()).hexdigest())
-        shutil.copyfile(path, blob)
-        os.symlink(os.path.relpath(blob, snapshot), os.path.join(snapshot, name))
 
 
 def _run(env, *args):

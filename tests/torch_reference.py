@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib
 import importlib.util
 import math
 import os
+import pathlib
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -304,3 +307,35 @@ def write_released(root: str, image_size: int = 112) -> dict[str, str]:
     segic = os.path.join(root, "segic_dinov2_l_80kx12e.pth")
     torch.save(head.state_dict(), segic)
     return dict(SEGIC_HEAD=segic, DINOV2=dinov2, CLIP_FOLDER=clip)
+
+
+def stand_in_hub(cache, repo: str, files: dict[str, str], commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """`files` (name -> local path) as huggingface_hub caches a repository: blobs, refs/main, and a
+    snapshot of links to the blobs."""
+    base = os.path.join(cache, "models--" + repo.replace("/", "--"))
+    snapshot = os.path.join(base, "snapshots", commit)
+    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
+    os.makedirs(os.path.join(base, "blobs"), exist_ok=True)
+    os.makedirs(snapshot, exist_ok=True)
+    with open(os.path.join(base, "refs", "main"), "w") as f:
+        f.write(commit)
+    for name, path in files.items():
+        with open(path, "rb") as f:
+            blob = os.path.join(base, "blobs", hashlib.sha256(f.read()).hexdigest())
+        shutil.copyfile(path, blob)
+        os.symlink(os.path.relpath(blob, snapshot), os.path.join(snapshot, name))
+
+
+def stand_in_release(root: str, released: dict[str, str]) -> dict[str, str]:
+    """The environment under which `segic_jax.pretrained` finds `released` (write_released) where it
+    looks for the real release: a Hugging Face cache in offline mode, and a file:// DINOv2 hub mirror."""
+    from segic_jax import pretrained
+
+    rel = pretrained.RELEASES[pretrained.DEFAULT]
+    hub, mirror = os.path.join(root, "hf"), os.path.join(root, "mirror")
+    stand_in_hub(hub, rel.head_repo, {rel.head_file: released["SEGIC_HEAD"]})
+    clip = released["CLIP_FOLDER"]
+    stand_in_hub(hub, rel.clip_repo, {f: os.path.join(clip, f) for f in os.listdir(clip)})
+    os.makedirs(os.path.dirname(os.path.join(mirror, rel.dinov2_file)), exist_ok=True)
+    shutil.copyfile(released["DINOV2"], os.path.join(mirror, rel.dinov2_file))
+    return {"HF_HUB_CACHE": hub, "HF_HUB_OFFLINE": "1", "SEGIC_JAX_DINOV2_HUB": pathlib.Path(mirror).as_uri()}

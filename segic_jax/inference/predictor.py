@@ -209,6 +209,7 @@ class Predictor:
             raise ValueError(f"batch_size and concept_bucket must be >= 1 and prefetch >= 0, got "
                              f"{batch_size}, {concept_bucket}, {prefetch}")
         self.head, self.encoder, self.text_model, self.tokenizer = head, encoder, text_model, tokenizer
+        self.checkpoint: str | None = None  # the directory it was loaded from (from_checkpoint / from_pretrained)
         self._precision = matmul_precision(head.dtype)
         # Programs bound to the modules' parameters once: calling an nnx.jit function walks the
         # module graph on every call (it cost more than DINOv2-L's forward pass itself), and even a
@@ -250,7 +251,9 @@ class Predictor:
             dinov2.use_fp8_matmuls(encoder)
         text_model = clip_text.load(os.path.join(path, "clip_text"), dtype=compute)
         tokenizer = clip_text.ClipTokenizer.from_folder(os.path.join(path, "clip_text"))
-        return cls(head, encoder, text_model, tokenizer, **kwargs)
+        predictor = cls(head, encoder, text_model, tokenizer, **kwargs)
+        predictor.checkpoint = os.path.abspath(path)
+        return predictor
 
     # --- encoders -------------------------------------------------------------------------
 

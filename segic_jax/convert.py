@@ -1,4 +1,4 @@
-"""Convert official PyTorch / Hugging Face weights into segic_jax checkpoint directories.
+r"""Convert official PyTorch / Hugging Face weights into segic_jax checkpoint directories.
 
     python -m segic_jax.convert dinov2 --src dinov2_vitl14_pretrain.pth --out ckpt/dinov2_vitl14
     python -m segic_jax.convert dinov2 --src facebook-dinov2-large/ --out ckpt/dinov2_hf_l
@@ -7,12 +7,15 @@
         --dinov2 dinov2_vitl14_pretrain.pth --clip clip-vit-large-patch14/ --out ckpt/segic
 
 Nothing is written unless the whole conversion succeeds; an existing --out is kept unless
---overwrite is given.
+--overwrite is given. Reading .pth/.pt/.bin files needs PyTorch (the CPU build is enough:
+pip install torch); safetensors files and Hugging Face folders with model.safetensors do not.
+The released SEGIC can also be fetched and converted in one step: python -m segic_jax.pretrained.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from segic_jax import checkpoints
@@ -20,7 +23,9 @@ from segic_jax.conversion import clip_text, dinov2, segic
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m segic_jax.convert", description=__doc__.split("\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m segic_jax.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="model", required=True)
     d = sub.add_parser("dinov2", help="DINOv2 hub .pth or Hugging Face facebook/dinov2-* folder")
     d.add_argument(
@@ -37,17 +42,32 @@ def _parse(argv):
     g = sub.add_parser("segic", help="released SEGIC .pth + its DINOv2 + CLIP text, into one directory")
     g.add_argument("--dinov2", required=True, help="the DINOv2 it was trained with (hub .pth or HF folder)")
     g.add_argument("--clip", required=True, help="Hugging Face openai/clip-vit-large-patch14 folder")
-    g.add_argument("--image-size", type=int, default=896, help="model input size (896 as released)")
+    g.add_argument("--image-size", type=int, default=896, help="model input size, a multiple of 14 (896 as released)")
     for p in (d, c, g):
-        p.add_argument("--src", required=True, help="checkpoint file or model folder")
+        p.add_argument("--src", required=True, help="checkpoint file (.pth needs torch) or model folder")
         p.add_argument("--out", required=True, help="directory to write")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
 
+def check_arguments(args) -> None:
+    """Every input path exists and every number is valid before anything is read (reading the
+    released files takes minutes)."""
+    for flag in ("src", "dinov2", "clip"):
+        path = getattr(args, flag, None)
+        if path is not None and not os.path.exists(path):
+            raise ValueError(f"--{flag} {path} does not exist")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a file; give a directory to write")
+    size = getattr(args, "image_size", None)
+    if size is not None and (size <= 0 or size % 14):
+        raise ValueError(f"--image-size must be a positive multiple of 14 (DINOv2's patch), got {size}")
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     try:
+        check_arguments(args)
         if args.model == "dinov2":
             overrides = {}
             if args.interpolate_offset is not None:

@@ -22,7 +22,7 @@ SOURCES = {
     "synthetic_incontext": "built in, no files (configs: default, tiny)",
     "coco_instances": "COCO 2017: annotations/instances_{train,val}2017.json, {train,val}2017/",
     "lvis_instances": "LVIS v1: lvis_v1_{train,val}.json, COCO 2017 {train,val}2017/",
-    "ade20k_semantic": "ADEChallengeData2016: images/, annotations/, objectInfo150",
+    "ade20k_semantic": "ADEChallengeData2016: images/, annotations/, objectInfo150.txt (or .csv)",
     "coco20i_semantic": "COCO 2014: annotations/instances_{train,val}2014.json, {train,val}2014/",
     "fss1000": "FSS-1000: <class>/N.jpg + N.png, splits/{trn,val,test}.txt",
     "davis2017": "DAVIS 2017: JPEGImages/480p, Annotations/480p, ImageSets/2017",

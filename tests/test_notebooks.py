@@ -94,6 +94,7 @@ def _mask_png(path):
     return mask > 0
 
 
+@pytest.mark.slow
 def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatch):
     checkpoint, out, cache = tmp_path / "converted", tmp_path / "out", tmp_path / "cache"
     # the release as Colab would fetch it, from a stand-in hub (the kernel inherits this environment)
@@ -144,6 +145,7 @@ def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatc
     assert _mask_png(out / "b" / "grey_mask0.png").shape == (70, 50)
 
 
+@pytest.mark.slow
 def test_finetune_notebook(kernel_env, tmp_path):
     tiny = "synthetic_incontext/tiny"
     overrides = {

@@ -31,6 +31,7 @@ def released(tmp_path_factory):
     return write_released(str(tmp_path_factory.mktemp("released")), image_size=SIZE)
 
 
+@pytest.mark.slow
 def test_fetch_convert_once_then_load_without_the_network(tmp_path, released):
     hub, cache, mirror = tmp_path / "hf", tmp_path / "cache", tmp_path / "mirror"
     env = dict(os.environ, HF_HUB_CACHE=str(hub), HF_HUB_OFFLINE="1", SEGIC_JAX_CACHE=str(cache),

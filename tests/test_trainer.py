@@ -87,6 +87,7 @@ def test_training_runs_logs_and_exports(uninterrupted):
     assert json.loads((workdir / "summary.json").read_text())["step"] == 6
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_continues_exactly(uninterrupted, data_dir, tmp_path):
     full_dir, _ = uninterrupted
     full = _losses(full_dir)
@@ -157,6 +158,7 @@ def test_training_moves_the_logged_metrics(uninterrupted, data_dir, tmp_path):
     assert len({r["train/loss"] for r in records}) == len(records)  # a fresh batch every step
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
     config = tiny_config(data_dir, **{"train.num_steps": 2, "eval.every_steps": 2, "eval.at_start": True})
     summary = trainer_lib.train(config, str(tmp_path))
@@ -179,6 +181,7 @@ def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
     assert f"{summary['evaluations']['untrained']['miou']:6.1f}" in table
 
 
+@pytest.mark.slow
 def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
     from fake_datasets import write_ade, write_coco, write_coco2014, write_lvis
 
@@ -254,6 +257,7 @@ def _main(workdir, data_dir, *extra, devices=1):
     )
 
 
+@pytest.mark.slow
 def test_main_trains_and_eight_devices_match_one(data_dir, tmp_path):
     one = _main(tmp_path / "one", data_dir, "--config.train.num_steps=2")
     assert one.returncode == 0, one.stderr[-3000:]

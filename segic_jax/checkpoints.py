@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,8 @@ def save_model(
             f"parameters do not match a {kind} model: missing {sorted(set(expected) - set(params))}, "
             f"unexpected {sorted(set(params) - set(expected))}"
         )
-    with files.atomic_directory(out_dir, overwrite) as tmp:
+    sources = [source, *(extra_files or {}).values()]
+    with files.atomic_directory(out_dir, overwrite, replaceable=lambda p: check_replaceable(p, sources)) as tmp:
         template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
         with ocp.StandardCheckpointer() as ckptr:
@@ -127,6 +128,33 @@ def save_model(
         with open(os.path.join(tmp, DESCRIPTION_FILE), "w") as f:
             json.dump(description, f, indent=2)
     return out_dir
+
+
+MODEL_ENTRIES = frozenset({DESCRIPTION_FILE, PARAMS_DIR, "tokenizer.json", "vocab.json", "merges.txt"})
+SEGIC_ENTRIES = frozenset({"head", "dinov2", "clip_text", "release.json"})
+
+
+def check_replaceable(path: str, sources: Sequence[str] = ()) -> None:
+    """Raise ValueError unless `path` is a directory this project wrote (a converted model, or a SEGIC
+    checkpoint of head/, dinov2/, clip_text/) holding nothing else, and none of `sources` (the files a
+    conversion reads) lies in it: --overwrite replaces our outputs, never a user's files."""
+    path = os.path.abspath(path)
+    for src in sources:
+        if src and os.path.exists(src):
+            src = os.path.abspath(src)
+            if src == path or src.startswith(path + os.sep):
+                raise ValueError(f"refusing to replace {path}: it holds {src}, which this conversion reads")
+    entries = set(os.listdir(path))
+    model = DESCRIPTION_FILE in entries and entries <= MODEL_ENTRIES
+    segic = entries and entries <= SEGIC_ENTRIES and all(
+        os.path.isfile(os.path.join(path, part, DESCRIPTION_FILE)) for part in entries & {"head", "dinov2", "clip_text"})
+    if not (model or segic):
+        others = sorted(entries - (MODEL_ENTRIES | SEGIC_ENTRIES))
+        raise ValueError(
+            f"refusing to replace {path}: it is not a checkpoint written by segic_jax"
+            + (f" (it holds {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else "")
+            + "; remove it yourself or write elsewhere"
+        )
 
 
 def read_description(path: str) -> dict[str, Any]:

@@ -59,6 +59,11 @@ def check_arguments(args) -> None:
             raise ValueError(f"--{flag} {path} does not exist")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a file; give a directory to write")
+    if os.path.isdir(args.out):
+        if not args.overwrite:
+            raise ValueError(f"{os.path.abspath(args.out)} already exists; pass --overwrite to replace it")
+        sources = [getattr(args, flag, None) for flag in ("src", "dinov2", "clip")]
+        checkpoints.check_replaceable(args.out, [s for s in sources if s])
     size = getattr(args, "image_size", None)
     if size is not None and (size <= 0 or size % 14):
         raise ValueError(f"--image-size must be a positive multiple of 14 (DINOv2's patch), got {size}")

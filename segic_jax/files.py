@@ -3,29 +3,113 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+from typing import Callable
 
 import numpy as np
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    with _UMASK_LOCK:  # os.umask only reads by setting: hold it for the instant in between
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: str, directory: bool) -> None:
+    """mkstemp / mkdtemp create 0600 / 0700 whatever the umask: give the result the mode a plain
+    open() or mkdir() would have, so that others on a shared machine can read what is exported."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def _partial_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.partial-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Remove the hidden temporary folders that writes of `path` by processes of this host which no
+    longer run left behind (a killed conversion, export or build). Returns what was removed."""
+    parent, prefix = os.path.dirname(os.path.abspath(path)), _partial_prefix(path)
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid, host = name[len(prefix):].split("-", 2)[:2] if name.count("-") >= 2 else ("", "")
+        if pid.isdigit() and host == _host() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _host() -> str:
+    return socket.gethostname().replace("-", "_").replace(".", "_")
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) == 0
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str, overwrite: bool = False):
-    """Yield a temporary directory beside `path`. When the block succeeds it becomes `path`
-    (replacing an existing one only with `overwrite`); when it fails it is removed."""
+def atomic_directory(path: str, overwrite: bool = False, replaceable: Callable[[str], None] | None = None):
+    """Yield a temporary directory beside `path`. When the block succeeds it becomes `path`; when it
+    fails it is removed. An existing `path` is replaced only with `overwrite`, after `replaceable(path)`
+    (which raises to refuse) has accepted it, and in one step where the system can swap two folders
+    (Linux), so that a kill at any moment leaves the old or the new one at `path`, never neither.
+    Temporary folders of earlier writes that were killed are removed first."""
     path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{path} is a file; give a directory to write")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if os.path.exists(path) and replaceable is not None:
+        replaceable(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    remove_stale_partials(path)
+    tmp = tempfile.mkdtemp(prefix=f"{_partial_prefix(path)}{os.getpid()}-{_host()}-", dir=parent)
+    _as_if_created(tmp, directory=True)
     try:
         yield tmp
         if os.path.exists(path):
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+            if not _exchange(tmp, path):
+                old = tempfile.mkdtemp(prefix=f"{_partial_prefix(path)}{os.getpid()}-{_host()}-", dir=parent)
+                os.rename(path, os.path.join(old, "old"))
+                os.rename(tmp, path)
+                tmp = old
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old contents
+        else:
+            os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -38,6 +122,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _as_if_created(tmp, directory=False)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -148,7 +148,7 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint: {_torch_reason(e)}") from None
     # Training checkpoints often nest the weights one level down.
     for wrapper in ("model", "state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -160,6 +160,17 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         if torch.is_tensor(value):
             out[key] = value.detach().float().numpy() if value.is_floating_point() else value.numpy()
     return out
+
+
+def _torch_reason(error: Exception) -> str:
+    """What torch.load's error says about the file, without its advice to load with weights_only=False
+    (which would run whatever code the file holds: never do that with a file you did not make)."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
+        return (f"it is not a file of tensors ({detail or 'refused by the safe loader'}); "
+                "it may be damaged, or not a PyTorch checkpoint")
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:

@@ -136,7 +136,8 @@ def convert_all(
             f"the SEGIC head expects {head_cfg.vision_dim}-d vision and {head_cfg.text_dim}-d text features; "
             f"{dinov2} gives {dino_cfg.embed_dim}-d and {clip} {clip_cfg.width}-d"
         )
-    with files.atomic_directory(out, overwrite) as tmp:
+    sources = [segic, dinov2, clip]
+    with files.atomic_directory(out, overwrite, replaceable=lambda p: checkpoints.check_replaceable(p, sources)) as tmp:
         checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head_cfg, head, source=segic)
         checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", dino_cfg, dino, source=dinov2)
         checkpoints.save_model(

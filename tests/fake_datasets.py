@@ -169,3 +169,20 @@ def write_youtube_vos(root, rng):
                                            "2": {"category": "cat", "frames": ["00010"]}}}}}
     with open(os.path.join(root, "valid", "meta.json"), "w") as f:
         json.dump(meta, f)
+
+
+# the splits each fake provides (the real datasets have more): builds of the fakes name them, as a
+# user with part of a dataset does (`--splits`); a build without them would rightly refuse
+FAKE_SPLITS = {"coco_instances": "train", "lvis_instances": "val", "coco20i_semantic": "train", "davis2017": "val",
+               "youtube_vos": "valid"}
+
+
+def fake_splits(name: str) -> list[str] | None:
+    split = FAKE_SPLITS.get(name.partition("/")[0])
+    return [split] if split else None
+
+
+def build_args(name: str, manual_dir, data_dir, split: str | None = None) -> list[str]:
+    """`python -m segic_jax.data.build` arguments for a fake dataset (`split`: another than the usual)."""
+    split = split or FAKE_SPLITS.get(name.partition("/")[0])
+    return [name, "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)] + (["--splits", split] if split else [])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_datasets import write_coco, write_lvis
+from fake_datasets import write_coco, write_lvis, build_args, fake_splits
 from segic_jax.data import build as build_cli
 from segic_jax.data.sources import data_source, decode_instances
 
@@ -26,7 +26,7 @@ def _expected(annotation_path, image_root):
 
 def test_coco_instances_build_and_decode_like_pycocotools(tmp_path, rng):
     ann_path = write_coco(str(tmp_path / "coco"), rng)
-    assert build_cli.main(["coco_instances", "--manual_dir", str(tmp_path / "coco"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("coco_instances", str(tmp_path / "coco"), str(tmp_path / "data"))) == 0
     coco, expected = _expected(ann_path, str(tmp_path / "coco"))
     source = data_source("coco_instances", "train", str(tmp_path / "data"))
     assert len(source) == 2  # the unannotated image is skipped
@@ -43,7 +43,7 @@ def test_coco_instances_build_and_decode_like_pycocotools(tmp_path, rng):
 
 def test_lvis_images_are_found_by_coco_url(tmp_path, rng):
     ann_path = write_lvis(str(tmp_path / "lvis"), rng)
-    assert build_cli.main(["lvis_instances", "--manual_dir", str(tmp_path / "lvis"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("lvis_instances", str(tmp_path / "lvis"), str(tmp_path / "data"))) == 0
     source = data_source("lvis_instances", "val", str(tmp_path / "data"))
     with open(ann_path) as f:
         data = json.load(f)
@@ -62,7 +62,7 @@ def test_lvis_images_are_found_by_coco_url(tmp_path, rng):
     "breakage,message",
     [
         ("no_dir", "missing folder"),
-        ("no_annotations", "no annotation file for coco_instances"),
+        ("no_annotations", r"missing .*instances_train2017.json \(the train split\)"),
         ("bad_json", "instances_train2017.json is not valid JSON"),
         ("unknown_image", "refers to unknown image 999"),
         ("missing_image", "missing image .*000000000007.jpg"),
@@ -88,7 +88,7 @@ def test_bad_layouts_are_named(tmp_path, rng, breakage, message, capsys):
         data["annotations"][1]["segmentation"]["size"] = [5, 5]
         data["annotations"][1]["segmentation"]["counts"] = [25]
         open(ann_path, "w").write(json.dumps(data))
-    assert build_cli.main(["coco_instances", "--manual_dir", str(root), "--data_dir", str(tmp_path / "data")]) == 1
+    assert build_cli.main(build_args("coco_instances", str(root), str(tmp_path / "data"))) == 1
     import re
 
     assert re.search(message, capsys.readouterr().err)
@@ -106,7 +106,7 @@ def test_ade20k_semantic_builds_with_its_class_names(tmp_path, rng):
     from segic_jax.data.sources import class_names, decode_semantic
 
     write_ade(str(tmp_path / "ade"), rng)
-    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(tmp_path / "ade"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("ade20k_semantic", str(tmp_path / "ade"), str(tmp_path / "data"))) == 0
     names = class_names("ade20k_semantic", str(tmp_path / "data"))
     assert len(names) == 150 and names[0] == "class1" and names[4] == "class5"
     source = data_source("ade20k_semantic", "train", str(tmp_path / "data"))
@@ -125,7 +125,7 @@ def test_coco20i_class_maps_are_rasterised_from_instances(tmp_path, rng):
     from segic_jax.data.sources import class_names, decode_semantic
 
     write_coco2014(str(tmp_path / "coco14"), rng)
-    assert build_cli.main(["coco20i_semantic", "--manual_dir", str(tmp_path / "coco14"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("coco20i_semantic", str(tmp_path / "coco14"), str(tmp_path / "data"))) == 0
     assert class_names("coco20i_semantic", str(tmp_path / "data"))[5] == "cat6"
     source = data_source("coco20i_semantic", "train", str(tmp_path / "data"))
     by_name = {source[i]["file_name"].decode(): decode_semantic(source[i]) for i in range(len(source))}
@@ -140,7 +140,7 @@ def test_ade20k_without_class_names_is_a_clear_error(tmp_path, rng, capsys):
 
     write_ade(str(tmp_path / "ade"), rng)
     os.remove(tmp_path / "ade" / "objectInfo150.txt")
-    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(tmp_path / "ade"), "--data_dir", str(tmp_path / "data")]) == 1
+    assert build_cli.main(build_args("ade20k_semantic", str(tmp_path / "ade"), str(tmp_path / "data"))) == 1
     assert "objectInfo150.txt" in capsys.readouterr().err
 
 
@@ -154,7 +154,7 @@ def test_fss1000_splits_by_class_lists(tmp_path, rng):
     from fake_datasets import write_fss
 
     write_fss(str(tmp_path / "fss"), rng)
-    assert build_cli.main(["fss1000", "--manual_dir", str(tmp_path / "fss"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("fss1000", str(tmp_path / "fss"), str(tmp_path / "data"))) == 0
     counts = {}
     for split, classes in (("train", {"hot_dog", "cat"}), ("val", {"airliner"}), ("test", {"bear"})):
         source = data_source("fss1000", split, str(tmp_path / "data"))
@@ -171,7 +171,7 @@ def test_davis_videos_keep_frames_and_palette_masks(tmp_path, rng):
     from fake_datasets import write_davis
 
     write_davis(str(tmp_path / "davis"), rng)
-    assert build_cli.main(["davis2017", "--manual_dir", str(tmp_path / "davis"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("davis2017", str(tmp_path / "davis"), str(tmp_path / "data"))) == 0
     source = data_source("davis2017", "val", str(tmp_path / "data"))
     videos = {source[i]["video"].decode(): source[i] for i in range(len(source))}
     dogs = videos["dogs"]
@@ -185,7 +185,7 @@ def test_youtube_vos_keeps_late_objects_and_sparse_masks(tmp_path, rng):
     from fake_datasets import write_youtube_vos
 
     write_youtube_vos(str(tmp_path / "ytvos"), rng)
-    assert build_cli.main(["youtube_vos", "--manual_dir", str(tmp_path / "ytvos"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("youtube_vos", str(tmp_path / "ytvos"), str(tmp_path / "data"))) == 0
     (ex,) = [data_source("youtube_vos", "valid", str(tmp_path / "data"))[0]]
     assert [n.decode() for n in ex["frame_names"]] == ["00000", "00005", "00010"]
     assert [n.decode() for n in ex["mask_frames"]] == ["00000", "00010"]
@@ -198,5 +198,5 @@ def test_video_layout_errors_are_named(tmp_path, rng, capsys):
 
     write_davis(str(tmp_path / "davis"), rng)
     os.remove(tmp_path / "davis" / "Annotations/480p/bear/00002.png")
-    assert build_cli.main(["davis2017", "--manual_dir", str(tmp_path / "davis"), "--data_dir", str(tmp_path / "data")]) == 1
+    assert build_cli.main(build_args("davis2017", str(tmp_path / "davis"), str(tmp_path / "data"))) == 1
     assert "bear lacks the masks of frames ['00002']" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fake_datasets import write_ade
+from fake_datasets import write_ade, build_args, fake_splits
 from segic_jax.data import augment, episodes
 from segic_jax.data import build as build_cli
 from segic_jax.data.sources import class_names, data_source, decode_instances, decode_semantic
@@ -16,7 +16,7 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     assert build_cli.main(["synthetic_incontext/tiny", "--data_dir", str(root)]) == 0
     write_ade(str(root / "ade_files"), np.random.default_rng(0), per_split=4)
-    assert build_cli.main(["ade20k_semantic", "--manual_dir", str(root / "ade_files"), "--data_dir", str(root)]) == 0
+    assert build_cli.main(build_args("ade20k_semantic", str(root / "ade_files"), str(root))) == 0
     return str(root)
 
 
@@ -179,7 +179,8 @@ def test_paper_mixture_from_the_four_built_datasets(tmp_path):
 
     os.rename(tmp_path / "lvis" / "lvis_v1_val.json", tmp_path / "lvis" / "lvis_v1_train.json")
     for name, files in (("coco20i_semantic", "coco14"), ("ade20k_semantic", "ade"), ("coco_instances", "coco"), ("lvis_instances", "lvis")):
-        assert build_cli.main([name, "--manual_dir", str(tmp_path / files), "--data_dir", data]) == 0
+        split = "train" if name == "lvis_instances" else None  # its annotations were renamed to the train file
+        assert build_cli.main(build_args(name, str(tmp_path / files), data, split)) == 0
     samplers = episodes.mixture_samplers(data, SIZE, K)
     ds = episodes.episode_stream(samplers, batch_size=4, seed=0, samples_per_epoch=40, num_epochs=1)
     batches = list(episodes.iterator(ds))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fake_datasets import write_coco2014, write_fss, write_lvis
+from fake_datasets import write_coco2014, write_fss, write_lvis, build_args, fake_splits
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import data_source
@@ -16,7 +16,7 @@ def built(tmp_path_factory):
     write_fss(str(root / "fss"), rng, classes=("a_cls", "b_cls", "c_cls", "d_cls", "e_cls"))
     write_lvis(str(root / "lvis"), rng)
     for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis")):
-        assert build_cli.main([name, "--manual_dir", str(root / files), "--data_dir", str(root / "data")]) == 0
+        assert build_cli.main(build_args(name, str(root / files), str(root / "data"))) == 0
     return str(root / "data")
 
 
@@ -51,7 +51,7 @@ def test_lvis92i_folds_use_categories_seen_in_several_images(built):
 def test_coco20i_folds_take_interleaved_classes(tmp_path):
     rng = np.random.default_rng(0)
     write_coco2014(str(tmp_path / "coco14"), rng)
-    assert build_cli.main(["coco20i_semantic", "--manual_dir", str(tmp_path / "coco14"), "--data_dir", str(tmp_path / "data")]) == 0
+    assert build_cli.main(build_args("coco20i_semantic", str(tmp_path / "coco14"), str(tmp_path / "data"))) == 0
     source = data_source("coco20i_semantic", "train", str(tmp_path / "data"))
     # class 6 (index 5, fold 1) is in both images; class 1 (fold 0) in one image only
     episodes = eval_episodes.coco20i(source, fold=1, episodes=10, seed=0)

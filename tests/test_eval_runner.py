@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_datasets import write_ade, write_fss, write_lvis
+from fake_datasets import write_ade, write_fss, write_lvis, build_args, fake_splits
 from segic_jax import checkpoints
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
@@ -83,7 +83,7 @@ def data_dir(tmp_path_factory):
     _write_ade_with_void(str(root / "ade"), rng)
     data = str(root / "data")
     for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis"), ("ade20k_semantic", "ade"), (SYNTHETIC, None)):
-        build_cli.build(name, str(root / files) if files else None, data)
+        build_cli.build(name, str(root / files) if files else None, data, splits=fake_splits(name))
     return data
 
 
@@ -365,7 +365,7 @@ def test_coco20i_runs_end_to_end_on_its_real_layout(predictor, tmp_path):
     shutil.copytree(coco / "train2014", coco / "val2014")  # the same two images as the val split
     shutil.copy(coco / "annotations" / "instances_train2014.json", coco / "annotations" / "instances_val2014.json")
     data = str(tmp_path / "data")
-    build_cli.build("coco20i_semantic", str(coco), data)
+    build_cli.build("coco20i_semantic", str(coco), data)  # both splits
     # fold 1 holds class 6, the only class in both images
     scores = runner.evaluate(predictor, "coco20i", data, fold=1, episodes=4, progress=False)
     assert set(scores["folds"]) == {"1"} and scores["episodes"] == 4

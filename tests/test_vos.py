@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from fake_datasets import write_davis, write_youtube_vos
+from fake_datasets import write_davis, write_youtube_vos, build_args, fake_splits
 from segic_jax import checkpoints
 from segic_jax.conversion import segic as segic_conversion
 from segic_jax.conversion.core import apply_rules
@@ -51,7 +51,7 @@ def predictor(torch_head):
 def davis(tmp_path_factory):
     root = tmp_path_factory.mktemp("davis")
     write_davis(str(root / "raw"), np.random.default_rng(1))
-    assert build_cli.main(["davis2017", "--manual_dir", str(root / "raw"), "--data_dir", str(root / "data")]) == 0
+    assert build_cli.main(build_args("davis2017", str(root / "raw"), str(root / "data"))) == 0
     return root
 
 
@@ -236,7 +236,7 @@ def test_bad_inputs_are_clear_errors(predictor, davis, tmp_path):
 def test_youtube_vos_submission_has_late_objects_and_the_server_layout(predictor, tmp_path):
     write_youtube_vos(str(tmp_path / "raw"), np.random.default_rng(2))
     data = str(tmp_path / "data")
-    assert build_cli.main(["youtube_vos", "--manual_dir", str(tmp_path / "raw"), "--data_dir", data]) == 0
+    assert build_cli.main(build_args("youtube_vos", str(tmp_path / "raw"), data)) == 0
     out = tmp_path / "out"
     counts = vos.write_youtube_vos(predictor, data, str(out))
     assert counts == {"videos": 1, "frames": 3, "objects": 2, "late_objects": 1, "skipped": 0,

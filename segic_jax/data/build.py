@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -32,7 +33,7 @@ DEFAULT_DATA_DIR = "data"
 
 
 @contextlib.contextmanager
-def _quiet_tfds(builder=None):
+def quiet_tfds(builder=None):
     """TFDS announces "Downloading and preparing dataset ..." and warns about the half-made folder it
     is about to fill; these builders download nothing, so both only mislead. Other warnings and
     errors still show."""
@@ -56,19 +57,22 @@ def make_builder(name: str, data_dir: str):
     builder_cls = builder_class(name)
     _, _, config = name.partition("/")
     kwargs = {"config": config} if config else {}
-    with _quiet_tfds():
+    with quiet_tfds():
         return builder_cls(data_dir=data_dir, file_format="array_record", **kwargs)
 
 
 def is_built(name: str, data_dir: str) -> bool:
     builder = make_builder(name, data_dir)
-    with _quiet_tfds():
+    with quiet_tfds():
         return builder.is_prepared()
 
 
-def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = True):
+def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = True,
+          splits: list[str] | None = None):
     """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny).
-    `progress` shows TFDS's progress bars per split."""
+    `splits` limits the build to those splits (default: all of the dataset's, each of which must be
+    present under `manual_dir`). A dataset built earlier without a split asked for now is built again,
+    whole. `progress` shows TFDS's progress bars per split."""
     import tensorflow_datasets as tfds
 
     from segic_jax.data.builders.common import require_dir
@@ -79,10 +83,48 @@ def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = 
         if not manual_dir:
             raise ValueError(f"{dataset} is built from your files: give --manual_dir")
         require_dir(manual_dir, f"--manual_dir of {dataset}")
-    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-    with _quiet_tfds(builder), (contextlib.nullcontext() if progress else _no_progress_bars()):
+    builder.requested_splits = list(splits) if splits else None
+    mode = None
+    with quiet_tfds():
+        prepared = builder.is_prepared()
+    if prepared and splits is not None and not set(splits) <= set(builder.info.splits):
+        mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # add the missing splits: build it again
+    elif prepared and splits is None and dataset not in NEEDS_NO_FILES:
+        mode = None if _has_every_split(builder) else tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+    if dataset not in NEEDS_NO_FILES:
+        # the layout checks of every split run first (the examples are generated lazily): a missing
+        # file fails here, before TFDS would delete an earlier build to make this one
+        import types
+
+        builder._split_generators(types.SimpleNamespace(manual_dir=manual_dir))
+    _remove_stale_incomplete(builder)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, **({"download_mode": mode} if mode else {}))
+    with quiet_tfds(builder), (contextlib.nullcontext() if progress else _no_progress_bars()):
         builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+def _has_every_split(builder) -> bool:
+    """Whether a prepared dataset holds every split its builder can make (an earlier build with
+    --splits may have left some out)."""
+    from segic_jax.data.builders import fewshot, video
+
+    every = {
+        "fss1000": set(fewshot.SPLIT_FILES), "davis2017": {"train", "val"}, "youtube_vos": {"train", "valid"},
+    }.get(builder.name) or set(getattr(builder, "SPLITS", {}))
+    return not every or every <= set(builder.info.splits)
+
+
+def _remove_stale_incomplete(builder) -> None:
+    """TFDS writes a build into `incomplete.*` beside the dataset and renames it when done; a killed
+    build leaves it behind. Remove those (builds of one dataset are not run side by side)."""
+    import shutil
+
+    parent = os.path.dirname(os.fspath(builder.data_path))
+    if os.path.isdir(parent):
+        for entry in os.listdir(parent):
+            if entry.startswith("incomplete."):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -109,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("name", metavar="NAME", help="dataset[/config], e.g. coco_instances or synthetic_incontext/tiny")
     parser.add_argument("--manual_dir", help="the dataset's files, in the layout its builder reads (all but synthetic_incontext)")
+    parser.add_argument("--splits", help="comma-separated splits to build, when you have only some (default: all of "
+                                         "the dataset's, each required)")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                         help="where the TFDS dataset is written (default: %(default)s; the demo uses ~/.cache/segic_jax/data)")
     return parser
@@ -118,7 +162,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     start = time.time()
     try:
-        builder = build(args.name, args.manual_dir, args.data_dir)
+        splits = [x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None
+        builder = build(args.name, args.manual_dir, args.data_dir, splits=splits)
     except ValueError as e:  # LayoutError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1

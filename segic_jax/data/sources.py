@@ -16,14 +16,18 @@ def data_source(name: str, split: str, data_dir: str):
 
     from segic_jax.data.builders import builder_class
 
+    from segic_jax.data import build
+
     builder_class(name)  # checks the name and registers the builders with TFDS
+    files = "" if name.partition("/")[0] in build.NEEDS_NO_FILES else " --manual_dir ..."
+    how = f"build it with `python -m segic_jax.data.build {name}{files} --data_dir {data_dir}`"
+    if not build.is_built(name, data_dir):  # reading never builds or downloads anything
+        raise FileNotFoundError(f"dataset {name} is not built under {data_dir}; {how}")
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir)
+        with build.quiet_tfds():
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # TFDS raises several types for a dataset that is not there
-        raise FileNotFoundError(
-            f"dataset {name} split {split!r} not found under {data_dir} ({e}); build it with "
-            f"`python -m segic_jax.data.build {name} --manual_dir ... --data_dir {data_dir}`"
-        ) from None
+        raise FileNotFoundError(f"dataset {name} split {split!r} not found under {data_dir} ({e}); {how}") from None
 
 
 def text(value) -> str:

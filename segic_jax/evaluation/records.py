@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -101,10 +102,15 @@ class UnitStore:
         done: set[int] = set()
         parts = []
         for name in self._chunks():
-            with np.load(os.path.join(self.folder, name)) as data:
-                covered = set(int(e) for e in data["done"]) - done
-                keep = np.isin(data["episode"], sorted(covered))
-                parts.append(Rows(*(data[f.name][keep] for f in dataclasses.fields(Rows))))
+            path = os.path.join(self.folder, name)
+            try:
+                with np.load(path) as data:
+                    covered = set(int(e) for e in data["done"]) - done
+                    keep = np.isin(data["episode"], sorted(covered))
+                    parts.append(Rows(*(data[f.name][keep] for f in dataclasses.fields(Rows))))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"the records file {path} is damaged ({type(e).__name__}: {e}); delete it and run "
+                                 "again to redo its episodes (the other records are kept)") from None
             done |= covered
         return done, Rows.concatenate(parts)
 

@@ -36,3 +36,53 @@ def read_bytes(path: str) -> bytes:
         raise LayoutError(f"missing image {path}")
     with open(path, "rb") as f:
         return f.read()
+
+
+def pick_splits(builder, present: dict, expected: dict[str, str]) -> dict:
+    """The splits to build: those asked for (`builder.requested_splits`, set by `build --splits`;
+    default: every split of the dataset), each of which must be present. `present` maps a split
+    found under --manual_dir to what builds it, `expected` every split to the file or folder it
+    needs. A missing one is an error naming that path, never a dataset built without it."""
+    requested = list(getattr(builder, "requested_splits", None) or expected)
+    unknown = [s for s in requested if s not in expected]
+    if unknown:
+        raise LayoutError(f"{builder.name} has no split {', '.join(unknown)}; its splits are {', '.join(expected)}")
+    missing = [s for s in requested if s not in present]
+    if missing:
+        have = [s for s in expected if s in present]
+        raise LayoutError(
+            "missing " + "; ".join(f"{expected[s]} (the {s} split)" for s in missing)
+            + (f". To build only what you have: --splits {','.join(have)}" if have else "")
+        )
+    return {s: present[s] for s in requested}
+
+
+def image_size(data: bytes, path: str) -> tuple[int, int]:
+    """(height, width) of an encoded image, read from its header; an unreadable file names its path."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.height, img.width
+    except Exception as e:  # PIL raises several types for a damaged file
+        raise LayoutError(f"cannot read {path} as an image ({e})") from None
+
+
+def decode_image(path: str):
+    """The pixels of an image file as a NumPy array; a damaged or truncated file names its path."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except Exception as e:
+        raise LayoutError(f"cannot read {path} as an image ({e}); is the file complete?") from None
+
+
+def check_same_size(mask_path: str, mask_hw: tuple[int, int], image_path: str, image_hw: tuple[int, int]) -> None:
+    if tuple(mask_hw) != tuple(image_hw):
+        raise LayoutError(f"{mask_path} is {mask_hw[1]}x{mask_hw[0]} but its image {image_path} is "
+                          f"{image_hw[1]}x{image_hw[0]}; a mask must have its image's size")

@@ -14,7 +14,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segic_jax.data.builders.common import LayoutError, read_bytes, require_dir, require_file
+from segic_jax.data.builders.common import LayoutError, image_size, pick_splits, read_bytes, require_dir, require_file
+
+_LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is the class's)
 
 SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 
@@ -23,7 +25,7 @@ class Fss1000(tfds.core.GeneratorBasedBuilder):
     """FSS-1000."""
 
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -41,14 +43,16 @@ class Fss1000(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of fss1000")
+        expected = {split: os.path.join(root, "splits", name) for split, name in SPLIT_FILES.items()}
+        present = {s: p for s, p in expected.items() if os.path.isfile(p)}
         splits = {}
-        for split, name in SPLIT_FILES.items():
-            path = require_file(os.path.join(root, "splits", name), f"FSS-1000 {split} class list")
+        for split, path in pick_splits(self, present, expected).items():
             with open(path) as f:
                 splits[split] = [line.strip() for line in f if line.strip()]
         return {split: self._generate_examples(root, classes) for split, classes in splits.items()}
 
     def _generate_examples(self, root: str, classes: list[str]):
+        mismatched = []
         for cls in classes:
             folder = require_dir(os.path.join(root, cls), f"images of FSS-1000 class {cls}")
             images = sorted(f for f in os.listdir(folder) if f.lower().endswith(".jpg"))
@@ -57,9 +61,15 @@ class Fss1000(tfds.core.GeneratorBasedBuilder):
             for name in images:
                 stem = os.path.splitext(name)[0]
                 mask = require_file(os.path.join(folder, stem + ".png"), f"the mask of {cls}/{name}")
+                image_bytes, mask_bytes = read_bytes(os.path.join(folder, name)), read_bytes(mask)
+                if image_size(image_bytes, os.path.join(folder, name)) != image_size(mask_bytes, mask):
+                    mismatched.append(f"{cls}/{stem}")
                 yield f"{cls}/{stem}", {
-                    "image": read_bytes(os.path.join(folder, name)),
-                    "mask": read_bytes(mask),
+                    "image": image_bytes,
+                    "mask": mask_bytes,
                     "class_name": cls,
                     "file_name": f"{cls}/{name}",
                 }
+        if mismatched:  # kept, as the original keeps them (its test loader replaces such an episode)
+            print(f"FSS-1000: {len(mismatched)} masks differ in size from their images: "
+                  + ", ".join(mismatched[:10]) + (", ..." if len(mismatched) > 10 else ""), flush=True)

@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segic_jax.data import rle
-from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file
+from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file, pick_splits
+
+_LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is the class's)
 
 
 def instance_features():
@@ -46,7 +48,7 @@ class _InstanceJson(tfds.core.GeneratorBasedBuilder):
     """Shared reading of COCO-style instance JSON; subclasses give the files and the image paths."""
 
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
     SPLITS: dict[str, str] = {}  # split -> annotation file, relative to manual_dir
 
     def _info(self):
@@ -57,11 +59,10 @@ class _InstanceJson(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), f"--manual_dir of {self.name}")
-        present = {s: os.path.join(root, f) for s, f in self.SPLITS.items() if os.path.isfile(os.path.join(root, f))}
-        if not present:
-            wanted = ", ".join(os.path.join(root, f) for f in self.SPLITS.values())
-            raise LayoutError(f"no annotation file for {self.name}: expected one of {wanted}")
-        return {split: self._generate_examples(root, split, path) for split, path in present.items()}
+        expected = {s: os.path.join(root, f) for s, f in self.SPLITS.items()}
+        present = {s: p for s, p in expected.items() if os.path.isfile(p)}
+        chosen = pick_splits(self, present, expected)
+        return {split: self._generate_examples(root, split, path) for split, path in chosen.items()}
 
     def _generate_examples(self, root: str, split: str, annotation_path: str):
         data = load_json(require_file(annotation_path, "annotations"))

@@ -21,7 +21,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segic_jax.data import rle
-from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file
+from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file, decode_image, image_size, pick_splits
+
+_LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is the class's)
 
 
 def _features():
@@ -45,19 +47,9 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _image_size(data: bytes, path: str) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.height, img.width
-    except (UnidentifiedImageError, OSError) as e:
-        raise LayoutError(f"cannot read {path} as an image: {e}") from None
-
-
 class _Semantic(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -91,10 +83,9 @@ class Ade20kSemantic(_Semantic):
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of ade20k_semantic")
         self.info.metadata["class_names"] = self._class_names(root)
-        present = {s: d for s, d in self.SPLITS.items() if os.path.isdir(os.path.join(root, "images", d))}
-        if not present:
-            raise LayoutError(f"missing folder {os.path.join(root, 'images', 'training')} (ADE20K images)")
-        return {s: self._generate_examples(root, d) for s, d in present.items()}
+        expected = {s: os.path.join(root, "images", d) for s, d in self.SPLITS.items()}
+        present = {s: self.SPLITS[s] for s, p in expected.items() if os.path.isdir(p)}
+        return {s: self._generate_examples(root, d) for s, d in pick_splits(self, present, expected).items()}
 
     def _generate_examples(self, root: str, folder: str):
         from PIL import Image
@@ -105,8 +96,8 @@ class Ade20kSemantic(_Semantic):
             stem = os.path.splitext(name)[0]
             label_path = require_file(os.path.join(labels, stem + ".png"), f"the label of {name}")
             data = read_bytes(os.path.join(images, name))
-            h, w = _image_size(data, os.path.join(images, name))
-            label = np.asarray(Image.open(label_path))
+            h, w = image_size(data, os.path.join(images, name))
+            label = decode_image(label_path)
             if label.shape != (h, w):
                 raise LayoutError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but its image is {w}x{h}")
             classes = sorted(int(c) for c in np.unique(label) if 0 < c <= 150)
@@ -123,14 +114,10 @@ class Coco20iSemantic(_Semantic):
 
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of coco20i_semantic")
-        present = {
-            s: os.path.join(root, "annotations", f"instances_{d}.json")
-            for s, d in self.SPLITS.items()
-            if os.path.isfile(os.path.join(root, "annotations", f"instances_{d}.json"))
-        }
-        if not present:
-            raise LayoutError(f"missing file {os.path.join(root, 'annotations', 'instances_train2014.json')}")
-        return {s: self._generate_examples(root, self.SPLITS[s], p) for s, p in present.items()}
+        expected = {s: os.path.join(root, "annotations", f"instances_{d}.json") for s, d in self.SPLITS.items()}
+        present = {s: p for s, p in expected.items() if os.path.isfile(p)}
+        chosen = pick_splits(self, present, expected)
+        return {s: self._generate_examples(root, self.SPLITS[s], p) for s, p in chosen.items()}
 
     def _generate_examples(self, root: str, folder: str, annotation_path: str):
         data = load_json(annotation_path)

@@ -18,7 +18,9 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file
+from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file, check_same_size, image_size, pick_splits
+
+_LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is the class's)
 
 
 def _video_features(extra=None):
@@ -49,33 +51,32 @@ def _read_video(frames_dir: str, masks_dir: str, require_all_masks: bool):
         raise LayoutError(f"{masks_dir} lacks the masks of frames {missing[:5]}")
     if not masks:
         raise LayoutError(f"no masks for the frames of {frames_dir} (expected them in {masks_dir})")
-    return {
-        "frames": [read_bytes(os.path.join(frames_dir, f)) for f in frames],
-        "frame_names": stems,
-        "masks": [read_bytes(os.path.join(masks_dir, f)) for f in masks],
-        "mask_frames": mask_stems,
-    }
+    frame_bytes = [read_bytes(os.path.join(frames_dir, f)) for f in frames]
+    mask_bytes = [read_bytes(os.path.join(masks_dir, f)) for f in masks]
+    sizes = {stem: image_size(b, os.path.join(frames_dir, f)) for stem, f, b in zip(stems, frames, frame_bytes)}
+    for stem, f, b in zip(mask_stems, masks, mask_bytes):
+        check_same_size(os.path.join(masks_dir, f), image_size(b, os.path.join(masks_dir, f)),
+                        os.path.join(frames_dir, frames[stems.index(stem)]), sizes[stem])
+    return {"frames": frame_bytes, "frame_names": stems, "masks": mask_bytes, "mask_frames": mask_stems}
 
 
 class Davis2017(tfds.core.GeneratorBasedBuilder):
     """DAVIS 2017 (480p)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
     def _info(self):
         return tfds.core.DatasetInfo(builder=self, description=__doc__, features=_video_features())
 
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of davis2017")
+        expected = {split: os.path.join(root, "ImageSets", "2017", f"{split}.txt") for split in ("train", "val")}
+        present = {s: p for s, p in expected.items() if os.path.isfile(p)}
         out = {}
-        for split in ("train", "val"):
-            path = os.path.join(root, "ImageSets", "2017", f"{split}.txt")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    out[split] = self._generate_examples(root, [v.strip() for v in f if v.strip()])
-        if not out:
-            raise LayoutError(f"missing file {os.path.join(root, 'ImageSets', '2017', 'val.txt')} (DAVIS video lists)")
+        for split, path in pick_splits(self, present, expected).items():
+            with open(path) as f:
+                out[split] = self._generate_examples(root, [v.strip() for v in f if v.strip()])
         return out
 
     def _generate_examples(self, root: str, videos: list[str]):
@@ -89,7 +90,7 @@ class YoutubeVos(tfds.core.GeneratorBasedBuilder):
     """YouTube-VOS 2018."""
 
     VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
     def _info(self):
         objects = tfds.features.Sequence(
@@ -99,14 +100,9 @@ class YoutubeVos(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = require_dir(os.fspath(dl_manager.manual_dir), "--manual_dir of youtube_vos")
-        out = {
-            split: self._generate_examples(os.path.join(root, folder))
-            for split, folder in (("train", "train"), ("valid", "valid"))
-            if os.path.isdir(os.path.join(root, folder))
-        }
-        if not out:
-            raise LayoutError(f"missing folder {os.path.join(root, 'train')} or {os.path.join(root, 'valid')}")
-        return out
+        expected = {split: os.path.join(root, split) for split in ("train", "valid")}
+        present = {s: p for s, p in expected.items() if os.path.isdir(p)}
+        return {split: self._generate_examples(path) for split, path in pick_splits(self, present, expected).items()}
 
     def _generate_examples(self, split_dir: str):
         meta = load_json(require_file(os.path.join(split_dir, "meta.json"), "YouTube-VOS meta"))

@@ -8,7 +8,9 @@ r"""segic-jax entry point.
 
 --mode train (default) trains SEGIC as the config says (configs/segic.py; the default `demo`
 variant trains on the built-in synthetic dataset on a CPU in minutes); it resumes from the
-workdir's latest checkpoint and exports an inference checkpoint to workdir/export.
+workdir's latest checkpoint and exports an inference checkpoint to workdir/export. SIGTERM or
+Ctrl-C stop it after a checkpoint, with exit status 75 (run the same command to resume); one
+workdir holds one run at a time (workdir/.lock).
 --mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/runner.py).
 --mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
 the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
@@ -49,9 +51,14 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["workdir"])
 
 
+def usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # orbax and grain log every save at INFO; -v 0 shows it
         logging.set_verbosity(logging.WARNING)
     if FLAGS.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -62,7 +69,7 @@ def main(argv):
         from segic_jax.inference import predict
 
         if not FLAGS.checkpoint or not FLAGS.target:
-            raise app.UsageError("--mode predict needs --checkpoint and --target")
+            usage_error("--mode predict needs --checkpoint and --target")
         try:
             outputs = predict.check_outputs(FLAGS.outputs)
             # every input is read and checked first: a wrong path fails at once, not after loading the model
@@ -79,7 +86,7 @@ def main(argv):
         return
     if FLAGS.config is None:
         example = "configs/eval.py:paper" if FLAGS.mode == "eval" else "configs/segic.py:demo"
-        raise app.UsageError(f"--mode {FLAGS.mode} needs --config, e.g. {example}")
+        usage_error(f"--mode {FLAGS.mode} needs --config, e.g. {example} (python main.py --help)")
     if FLAGS.mode == "correspondence":
         from segic_jax.inference import correspondence
 
@@ -95,10 +102,19 @@ def main(argv):
         else:
             from segic_jax.training import trainer
 
-            trainer.train(FLAGS.config, FLAGS.workdir)
+            try:
+                summary = trainer.train(FLAGS.config, FLAGS.workdir)
+            except trainer.SaveFailed as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
+            if summary.get("stopped_early"):
+                sys.exit(trainer.EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def load_predictor(checkpoint: str, dtype: str, batch_size: int):
@@ -121,8 +137,59 @@ def print_help() -> None:
     print(__doc__.strip() + "\n\nflags:\n" + FLAGS.main_module_help())
 
 
+def _config_fields(spec: str) -> list[str]:
+    """Every dotted field of the config file `spec` (path[:variant]), loaded as --config loads it."""
+    import importlib.util
+
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_config_for_errors", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return list(walk(config, ""))
+
+
+def _flag_error(argv, error: Exception) -> str:
+    """One line for a bad command line: the unknown --config field (with the nearest names), or absl's message."""
+    import difflib
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if spec and overrides:
+        try:
+            fields = _config_fields(spec)
+        except Exception:  # the config file itself is broken: absl's message says how
+            fields = None
+        for field in overrides if fields else []:
+            if field not in fields:
+                near = difflib.get_close_matches(field, fields, n=3)
+                return (f"--config.{field}: {spec.partition(':')[0]} has no field {field}"
+                        + (f"; did you mean {', '.join(near)}?" if near else ""))
+    message = str(error).strip().splitlines()
+    return message[-1] if message else type(error).__name__
+
+
+def parse_flags(argv):
+    """absl's parsing, with a bad flag or config field reported in one line (exit 2), not a chained traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_flag_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     if any(a in HELP_FLAGS for a in sys.argv[1:]):
         print_help()
         sys.exit(0)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

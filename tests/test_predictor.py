@@ -451,3 +451,15 @@ def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, 
     result = _run_cli("--checkpoint", tiny["path"], "--workdir", str(tmp_path / "cli"), "--reference", ref_path,
                       "--reference_mask", mask_path, "--target", str(frames), "--outputs", "masks,nope")
     assert result.returncode == 1 and "--outputs must name some of masks, overlay, propagated" in result.stderr
+
+
+def test_images_of_any_shape_are_segmented(predictor, rng):
+    """Thin images whose short side scales to under one pixel (the README promises any size)."""
+    ref, mask = _scene(rng, 80, 60)
+    context = predictor.encode_context([ref], [mask])
+    shapes = [(1, 600), (600, 1), (1, 1), (2, 5000)]
+    preds = predictor.segment([rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in shapes], context)
+    for shape, pred in zip(shapes, preds):
+        assert pred.masks.shape == (1, *shape) and np.isfinite(pred.logits).all()
+    thin = predictor.encode_context([rng.integers(0, 256, (1, 600, 3), dtype=np.uint8)], [np.ones((1, 600), bool)])
+    assert np.isfinite(np.asarray(thin.features)).all()

@@ -183,7 +183,7 @@ def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
-    from fake_datasets import write_ade, write_coco, write_coco2014, write_lvis
+    from fake_datasets import write_ade, write_coco, write_coco2014, write_lvis, build_args, fake_splits
 
     from segic_jax.data import build as build_cli
 
@@ -196,7 +196,8 @@ def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
     os.rename(tmp_path / "lvis" / "lvis_v1_val.json", tmp_path / "lvis" / "lvis_v1_train.json")
     for name, folder in (("coco20i_semantic", "coco14"), ("ade20k_semantic", "ade"), ("coco_instances", "coco"),
                          ("lvis_instances", "lvis")):
-        assert build_cli.main([name, "--manual_dir", str(tmp_path / folder), "--data_dir", str(data)]) == 0
+        split = "train" if name == "lvis_instances" else None  # its annotations were renamed to the train file
+        assert build_cli.main(build_args(name, str(tmp_path / folder), str(data), split)) == 0
     c = segic_config.get_config("paper")
     assert c.data.mixture == segic_config.PAPER_MIXTURE and c.train.global_batch_size == 32
     # the paper recipe, on tiny random models: only the sizes change
@@ -302,3 +303,92 @@ def test_the_step_compiles_once(data_dir, tmp_path):
         assert trainer._step._cache_size() == 1  # same shapes and shardings every step: no retrace
     finally:
         trainer.close()
+
+
+def test_one_run_per_workdir_and_a_resume_keeps_its_config(uninterrupted, data_dir, tmp_path):
+    import shutil
+
+    from segic_jax.training import workdir as workdir_lib
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    held = workdir_lib.Lock(str(workdir))
+    try:
+        with pytest.raises(workdir_lib.WorkdirBusy, match=f"in use by process {os.getpid()}"):
+            trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 6}), str(workdir))
+    finally:
+        held.release()
+    # a lock whose process died (a killed run) is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (workdir / ".lock").write_text(json.dumps({"pid": dead.pid, "host": __import__("socket").gethostname()}))
+    changed = tiny_config(data_dir, **{"train.num_steps": 6, "train.learning_rate": 2e-3, "data.max_instances": 3})
+    with pytest.raises(ValueError, match=r"data\.max_instances: 2 -> 3; train\.learning_rate: 0\.001 -> 0\.002"):
+        trainer_lib.Trainer(changed, str(workdir))
+    assert not (workdir / ".lock").exists()  # released on the failed start
+    # fields that may change on resume: more steps, other logging
+    more = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 8, "log.every_steps": 2}), str(workdir))
+    try:
+        assert (workdir / ".lock").exists() and more.restore() and more.state.step == 6
+    finally:
+        more.close()
+    assert not (workdir / ".lock").exists()
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_logs_rewind(uninterrupted, data_dir, tmp_path, capsys):
+    import shutil
+
+    full_dir, _ = uninterrupted
+    for part in ("checkpoints", "logs", "config.json"):
+        copy = shutil.copytree if (full_dir / part).is_dir() else shutil.copyfile
+        copy(full_dir / part, tmp_path / part)
+    shutil.rmtree(tmp_path / "checkpoints" / "2")
+    for path in (tmp_path / "checkpoints" / "6").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # damaged on disk
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+    trainer = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 6}), str(tmp_path))
+    try:
+        assert trainer.restore() and trainer.state.step == 4
+    finally:
+        trainer.close()
+    out = capsys.readouterr().out
+    assert "skipped the checkpoint of step 6" in out and "dropped 2 metric records logged after step 4" in out
+    (aside,) = os.listdir(tmp_path / "checkpoints_unreadable")
+    assert aside.startswith("6-") and sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert sorted(_losses(tmp_path)) == [1, 2, 3, 4]  # steps 5 and 6 are logged again by the resumed run
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_a_checkpoint_and_a_failed_save_stops_at_once(data_dir, tmp_path):
+    class Interrupted(trainer_lib.Trainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            if self.state.step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    config = tiny_config(data_dir, **{"train.num_steps": 3, "checkpoint.every_steps": 0})
+    first = Interrupted(config, str(tmp_path / "a"))
+    try:
+        summary = first.run()
+    finally:
+        first.close()
+    assert summary["stopped_early"] and summary["step"] == 1
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["1"]
+
+    class DiskFull(trainer_lib.Trainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            if self.state.step == 2:
+                def failed():
+                    raise RuntimeError("async save failed") from OSError(28, "No space left on device")
+                self.manager.check_for_errors = failed
+            return out
+
+    second = DiskFull(config, str(tmp_path / "b"))
+    try:
+        with pytest.raises(trainer_lib.SaveFailed, match=r"No space left on device\); training stopped at step 2"):
+            second.run()
+    finally:
+        second.close()

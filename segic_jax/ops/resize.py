@@ -103,7 +103,9 @@ def interpolation_matrix(
     src = (np.float64(scale) * (dst + np.float32(0.5)).astype(np.float64) - 0.5).astype(np.float32)
     if method == "bilinear":
         src = np.maximum(src, 0.0)
-        i0 = np.floor(src).astype(np.int64)
+        # past the last input only where an image so thin that its side scales to under one pixel
+        # was given one output pixel anyway (PyTorch refuses a size of 0): read the last input there
+        i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
         i1 = np.where(i0 < in_size - 1, i0 + 1, i0)
         frac = np.clip(src - i0, 0.0, 1.0)
         np.add.at(matrix, (rows, i0), 1.0 - frac)

@@ -43,7 +43,7 @@ from segic_jax.data.sources import text
 from segic_jax.models import clip_text, dinov2
 from segic_jax.models.encoders import INSTANCE_PROMPT, build_encoder, build_text_encoder, class_prompt, encode_prompts
 from segic_jax.models.segic import SegicConfig, SegicHead
-from segic_jax.training import step as train_lib
+from segic_jax.training import checks, step as train_lib, workdir as workdir_lib
 from segic_jax.training.writer import MetricWriter
 
 BATCH_AXES = ("data", "fsdp")
@@ -161,7 +161,24 @@ class Trainer:
     """Everything a run needs, built from a config; `run()` trains to the end (or to SIGTERM)."""
 
     def __init__(self, config, workdir: str):
+        checks.check(config)
         self.config, self.workdir = config, os.path.abspath(workdir)
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ValueError(f"--workdir {self.workdir} is a file; give a folder")
+        fresh = not os.path.exists(self.workdir)
+        self.lock = workdir_lib.Lock(self.workdir) if jax.process_index() == 0 else None
+        try:
+            self._build(config)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+                if fresh and os.path.isdir(self.workdir) and not os.listdir(self.workdir):
+                    os.rmdir(self.workdir)  # a run that could not start leaves no empty workdir behind
+            raise
+        if self.lock is not None and self.lock.taken_over:
+            print(f"took over the lock of process {self.lock.taken_over.get('pid')}, which no longer runs", flush=True)
+
+    def _build(self, config) -> None:
         c = config
         if c.train.global_batch_size % jax.process_count():
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {jax.process_count()} processes")
@@ -237,8 +254,11 @@ class Trainer:
 
         self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
         self.manager = self._manager()
+        if self.is_main:
+            workdir_lib.check_config(self.workdir, c, resuming=self.manager.latest_step() is not None)
         self.writer = MetricWriter(os.path.join(self.workdir, "logs"), enabled=self.is_main)
         self._stop_requested = False
+        self._interrupts = 0
 
     # --- pieces ---------------------------------------------------------------------------
 
@@ -270,23 +290,66 @@ class Trainer:
         return self.manager.save(self.state.step, args=args, force=force)
 
     def restore(self) -> bool:
-        """Continue from the latest complete checkpoint, if there is one."""
+        """Continue from the latest checkpoint that restores. One that does not (damaged on disk) is
+        moved to workdir/checkpoints_unreadable/ and named, and the one before it is tried; nothing is
+        deleted. The metric logs then drop what was logged after the resumed step."""
         import grain
         import orbax.checkpoint as ocp
 
-        latest = self.manager.latest_step()
-        if latest is None:
-            return False
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
-        restored = self.manager.restore(
-            latest, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(self.iterator)
-            ),
-        )
-        tree = restored.state
-        self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
-        self.base_key = jax.random.wrap_key_data(tree["rng"])
-        return True
+        skipped = []
+        while (latest := self.manager.latest_step()) is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
+            try:
+                restored = self.manager.restore(
+                    latest, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(self.iterator)
+                    ),
+                )
+            except Exception as e:  # orbax, tensorstore and grain raise many types for a damaged checkpoint
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+                skipped.append(self._set_aside(latest, reason))
+                continue
+            tree = restored.state
+            self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
+            self.base_key = jax.random.wrap_key_data(tree["rng"])
+            for line in skipped:
+                print(line, flush=True)
+            dropped = self.writer.resume_at(self.state.step)
+            if dropped:
+                print(f"dropped {dropped} metric records logged after step {self.state.step} (they are logged again)", flush=True)
+            return True
+        if skipped:
+            raise ValueError(" ".join(skipped) + " No checkpoint could be restored; start a new --workdir, or move "
+                             f"{os.path.join(self.workdir, 'checkpoints_unreadable')} back to retry them")
+        return False
+
+    def _set_aside(self, step: int, reason: str) -> str:
+        """Move the unreadable checkpoint of `step` out of the manager's way (kept, not deleted)."""
+        src = os.path.join(self.ckpt_dir, str(step))
+        aside = os.path.join(self.workdir, "checkpoints_unreadable")
+        dst = os.path.join(aside, f"{step}-{int(time.time())}")
+        if self.is_main and os.path.isdir(src):
+            os.makedirs(aside, exist_ok=True)
+            os.rename(src, dst)
+        self.manager.close()
+        self.manager = self._manager()
+        return f"skipped the checkpoint of step {step} ({src}: {reason}); moved it to {dst}."
+
+    def check_saves(self) -> None:
+        """Raise at once when an asynchronous checkpoint write failed (a full disk, a lost mount),
+        instead of training on without checkpoints."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            cause, reasons = e, []
+            while cause is not None:
+                reasons.append(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__)
+                cause = cause.__cause__ or cause.__context__
+            reason = next((r for r in reasons if "No space left" in r), reasons[-1])
+            raise SaveFailed(
+                f"a checkpoint could not be written to {self.ckpt_dir} ({reason}); training stopped at step "
+                f"{self.state.step}, the last complete checkpoint is step {self.manager.latest_step()}"
+            ) from None
 
     def next_batch(self) -> tuple[dict, dict]:
         """The next global batch as sharded device arrays, plus its host-side fields."""
@@ -339,7 +402,7 @@ class Trainer:
     def export(self, out_dir: str | None = None) -> str:
         """The trained head with the frozen encoders as an inference checkpoint."""
         out_dir = out_dir or os.path.join(self.workdir, "export")
-        with files.atomic_directory(out_dir, overwrite=True) as tmp:
+        with files.atomic_directory(out_dir, overwrite=True, replaceable=checkpoints.check_replaceable) as tmp:
             head = self.current_head()
             checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head.cfg,
                                    checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(head))), source="segic-jax training")
@@ -359,6 +422,14 @@ class Trainer:
     def _on_sigterm(self, signum, frame):
         self._stop_requested = True
 
+    def _on_sigint(self, signum, frame):
+        """Ctrl-C stops like SIGTERM (checkpoint, then exit); a second one aborts at once."""
+        self._interrupts += 1
+        if self._interrupts > 1:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\nstopping after this step with a checkpoint (Ctrl-C again to abort without one)", flush=True)
+
     def run(self) -> dict:
         from clu import metrics as clu_metrics
         from tqdm.auto import tqdm
@@ -368,6 +439,7 @@ class Trainer:
         if resumed:
             print(f"resumed from step {self.state.step} in {self.ckpt_dir}", flush=True)
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        previous_int = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         Metrics = clu_metrics.Collection.create(
             loss=clu_metrics.Average.from_output("loss"),
             loss_mask=clu_metrics.Average.from_output("loss_mask"),
@@ -421,6 +493,7 @@ class Trainer:
                     metrics = None
                 if c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0:
                     self.save()
+                self.check_saves()
                 if c.eval.every_steps and (step % c.eval.every_steps == 0 or step == self.num_steps):
                     evals[f"step_{step}"] = self.evaluate(f"step_{step:06d}")
                     bar.write(f"step {step}: {_format_eval(evals[f'step_{step}'])}")
@@ -428,10 +501,13 @@ class Trainer:
                 if self.manager.latest_step() != self.state.step:
                     self.save(force=True)
                 self.manager.wait_until_finished()
+            self.check_saves()
         finally:
             bar.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
         if finished_before and earlier.get("step") == self.state.step and not earlier.get("stopped_early") \
                 and os.path.isdir(earlier.get("export") or ""):
             # nothing was trained: the finished run's summary and export stand as they are
@@ -462,8 +538,21 @@ class Trainer:
         return previous if isinstance(previous, dict) else {}
 
     def close(self) -> None:
-        self.manager.close()
-        self.writer.close()
+        try:
+            self.manager.close()
+            self.writer.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+class SaveFailed(RuntimeError):
+    """An asynchronous checkpoint write failed; the message says where and why."""
+
+
+# exit status of `main.py --mode train` when a signal stopped the run before its last step (after a
+# checkpoint): EX_TEMPFAIL, so that a scheduler can tell "requeue me" from success and from failure
+EXIT_STOPPED_EARLY = 75
 
 
 def _main_thread() -> bool:

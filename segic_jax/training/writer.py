@@ -22,6 +22,34 @@ class MetricWriter:
             self._tb = SummaryWriter(logdir)
             self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
 
+    def resume_at(self, step: int) -> int:
+        """A run resumed from the checkpoint of `step`: drop the records of later steps that the
+        interrupted run logged (they are logged again), from metrics.jsonl and, through TensorBoard's
+        purge step, from the event files. Returns how many JSON-lines records were dropped."""
+        if not self.enabled:
+            return 0
+        from tensorboardX import SummaryWriter
+
+        from segic_jax import files
+
+        self._jsonl.close()
+        path = os.path.join(self.logdir, "metrics.jsonl")
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a kill
+        if len(kept) != len(lines):
+            files.atomic_write_bytes(path, "".join(kept).encode())
+        self._jsonl = open(path, "a", encoding="utf-8")
+        self._tb.close()
+        self._tb = SummaryWriter(self.logdir, purge_step=step + 1)
+        return len(lines) - len(kept)
+
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return

@@ -1,0 +1,130 @@
+"""One run per workdir: a lock while it trains, and the config it was started with.
+
+`.lock` holds the pid and host of the process training in the workdir; a second run refuses to
+start while that process lives (a lock left by a process that died on this host is taken over; one
+from another host is named with the way to clear it). `config.json` records the config of the first
+start; a resumed run must use the same one, except for the fields in `MAY_CHANGE_ON_RESUME`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from segic_jax import files
+
+LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+# fields a resumed run may change: how long to train, how often to save/log/evaluate, where the
+# inputs now live, how the work is laid out on the devices; none changes what a step computes
+MAY_CHANGE_ON_RESUME = (
+    "train.num_steps", "train.epochs", "train.remat_rows", "mesh.fsdp", "checkpoint.", "log.", "eval.",
+    "data.data_dir", "data.build_builtin", "data.workers", "data.prefetch", "data.threads",
+    "dinov2.checkpoint", "clip.checkpoint",
+)
+
+
+class WorkdirBusy(ValueError):
+    """Another run holds the workdir."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """Held from construction to `release()`."""
+
+    def __init__(self, workdir: str):
+        os.makedirs(workdir, exist_ok=True)
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.taken_over: dict | None = None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released between our two looks
+                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                    self.taken_over = holder  # its process is gone (killed): a stale lock
+                    os.remove(self.path)
+                    continue
+                where = "this host" if holder.get("host") == me["host"] else f"host {holder.get('host')}"
+                raise WorkdirBusy(
+                    f"{workdir} is in use by process {holder.get('pid')} on {where} (since {holder.get('started')}); "
+                    f"wait for it, use another --workdir, or remove {self.path} if that run is gone"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise WorkdirBusy(f"could not take the lock {self.path}; another run is starting in {workdir}")
+
+    def _holder(self) -> dict | None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                holder = json.load(f)
+            return holder if isinstance(holder, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable or being written: treated as held
+
+    def release(self) -> None:
+        if getattr(self, "held", False):
+            self.held = False
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _flat(config) -> dict:
+    out = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(config, "")
+    return out
+
+
+def _may_change(field: str) -> bool:
+    return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
+
+
+def check_config(workdir: str, config, resuming: bool) -> None:
+    """On a fresh start write workdir/config.json; on a resume refuse a config that differs from it
+    in a field that changes what a step computes, naming each such field."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = json.loads(json.dumps(_flat(config), default=str))
+    if not resuming or not os.path.isfile(path):
+        files.write_json(path, current)
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k) and not _may_change(k)]
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        raise ValueError(
+            f"{workdir} holds a run started with another config ({shown}{'; ...' if len(changed) > 6 else ''}). "
+            f"A resumed run may change only {', '.join(f.rstrip('.') + ('.*' if f.endswith('.') else '') for f in MAY_CHANGE_ON_RESUME)}; "
+            "use a new --workdir for a different run"
+        )
+    changed_ok = [k for k in current if saved.get(k) != current.get(k)]
+    if changed_ok:
+        files.write_json(path, {**saved, **{k: current[k] for k in changed_ok}})

@@ -392,3 +392,22 @@ def test_ctrl_c_stops_with_a_checkpoint_and_a_failed_save_stops_at_once(data_dir
             second.run()
     finally:
         second.close()
+
+
+@pytest.mark.slow
+def test_main_exits_75_when_stopped_before_the_end_and_resumes(data_dir, tmp_path):
+    """A scheduler tells "requeue me" (75, a checkpoint was written) from success (0) and failure (1)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--config", os.path.join(ROOT, "configs", "segic.py:demo"),
+            "--workdir", str(tmp_path), f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES,
+            "--config.train.num_steps=50", "--config.checkpoint.every_steps=0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("step 1/50"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == trainer_lib.EXIT_STOPPED_EARLY == 75, err[-2000:]
+    assert "checkpoint written" in out and "run again to resume" in out
+    (step,) = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert 1 <= step < 50 and not (tmp_path / ".lock").exists()

@@ -2,7 +2,6 @@
 incomplete dataset builds, damaged files named with their path."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -129,5 +128,4 @@ def test_reading_a_missing_builtin_dataset_never_builds_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"synthetic_incontext/tiny is not built under .*python -m segic_jax\.data\.build "
                                                  r"synthetic_incontext/tiny --data_dir"):
         data_source("synthetic_incontext/tiny", "test", str(tmp_path / "data"))
-    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.array_record*"))
-    shutil.rmtree(tmp_path / "data", ignore_errors=True)
+    assert not (tmp_path / "data").exists()  # no folders made, nothing downloaded or built

@@ -220,7 +220,7 @@ def test_bad_inputs_are_clear_errors(predictor, davis, tmp_path):
     missing = str(tmp_path / "no_such_dir")
     with pytest.raises(FileNotFoundError, match=f"data_dir {missing} does not exist"):
         vos.evaluate_davis2017(predictor, missing, str(tmp_path / "out"))
-    with pytest.raises(FileNotFoundError, match=f"not found under {tmp_path}"):
+    with pytest.raises(FileNotFoundError, match=f"is not built under {tmp_path}"):
         vos.write_youtube_vos(predictor, str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="unknown videos \\['cat'\\]"):
         vos.evaluate_davis2017(predictor, str(davis / "data"), str(tmp_path / "out"), videos=["cat"])

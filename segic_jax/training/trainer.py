@@ -168,7 +168,12 @@ class Trainer:
         fresh = not os.path.exists(self.workdir)
         self.lock = workdir_lib.Lock(self.workdir) if jax.process_index() == 0 else None
         try:
+            resuming = workdir_lib.has_checkpoints(self.workdir)
+            if self.lock is not None and resuming:  # before anything is built: a wrong config fails in seconds
+                workdir_lib.check_config(self.workdir, config)
             self._build(config)
+            if self.lock is not None and not resuming:
+                workdir_lib.record_config(self.workdir, config)
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
@@ -254,8 +259,6 @@ class Trainer:
 
         self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
         self.manager = self._manager()
-        if self.is_main:
-            workdir_lib.check_config(self.workdir, c, resuming=self.manager.latest_step() is not None)
         self.writer = MetricWriter(os.path.join(self.workdir, "logs"), enabled=self.is_main)
         self._stop_requested = False
         self._interrupts = 0
@@ -459,7 +462,8 @@ class Trainer:
         losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // max(c.log.every_steps, 1)]
         metrics = None
         start_step, t0 = self.state.step, time.time()
-        bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training", disable=not self.is_main or not c.log.progress)
+        bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training",
+                   disable=not self.is_main or not c.log.progress or finished_before)
         stopped = False
         try:
             while self.state.step < self.num_steps:

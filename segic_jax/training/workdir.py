@@ -89,6 +89,13 @@ class Lock:
                 pass
 
 
+def has_checkpoints(workdir: str) -> bool:
+    """Whether the workdir holds a completed checkpoint (orbax names them by step; unfinished writes
+    carry a suffix)."""
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
 def _flat(config) -> dict:
     out = {}
 
@@ -107,12 +114,17 @@ def _may_change(field: str) -> bool:
     return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
 
 
-def check_config(workdir: str, config, resuming: bool) -> None:
-    """On a fresh start write workdir/config.json; on a resume refuse a config that differs from it
-    in a field that changes what a step computes, naming each such field."""
+def record_config(workdir: str, config) -> None:
+    """workdir/config.json: the config a fresh run starts with."""
+    files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(_flat(config), default=str)))
+
+
+def check_config(workdir: str, config) -> None:
+    """For a resumed run: refuse a config that differs from workdir/config.json in a field that
+    changes what a step computes, naming each such field; record the changes that are allowed."""
     path = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(json.dumps(_flat(config), default=str))
-    if not resuming or not os.path.isfile(path):
+    if not os.path.isfile(path):
         files.write_json(path, current)
         return
     with open(path, encoding="utf-8") as f:

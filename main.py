@@ -120,11 +120,10 @@ def main(argv):
 def load_predictor(checkpoint: str, dtype: str, batch_size: int):
     """A converted directory, or the name of a release (fetched and converted once, segic_jax.pretrained)."""
     from segic_jax import pretrained
-    from segic_jax.inference.predictor import Predictor, check_checkpoint
+    from segic_jax.inference.predictor import Predictor
 
     if not os.path.exists(checkpoint) and checkpoint in pretrained.RELEASES:
         checkpoint = pretrained.pretrained_dir(checkpoint)
-    check_checkpoint(checkpoint)
     return Predictor.from_checkpoint(checkpoint, dtype=dtype, batch_size=batch_size)
 
 
@@ -145,16 +144,9 @@ def _config_fields(spec: str) -> list[str]:
     module_spec = importlib.util.spec_from_file_location("_config_for_errors", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
+    from segic_jax.training.workdir import flat_fields
 
-    def walk(node, prefix):
-        for key, value in node.items():
-            if hasattr(value, "items"):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}"
-
-    return list(walk(config, ""))
+    return list(flat_fields(module.get_config(variant) if variant else module.get_config()))
 
 
 def _flag_error(argv, error: Exception) -> str:

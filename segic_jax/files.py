@@ -36,7 +36,8 @@ def _partial_prefix(path: str) -> str:
     return f".{os.path.basename(path)}.partial-"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def remove_stale_partials(path: str) -> list[str]:
         if not name.startswith(prefix):
             continue
         pid, host = name[len(prefix):].split("-", 2)[:2] if name.count("-") >= 2 else ("", "")
-        if pid.isdigit() and host == _host() and not _alive(int(pid)):
+        if pid.isdigit() and host == _host() and not process_alive(int(pid)):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             removed.append(os.path.join(parent, name))
     return removed

@@ -184,5 +184,5 @@ def fake_splits(name: str) -> list[str] | None:
 
 def build_args(name: str, manual_dir, data_dir, split: str | None = None) -> list[str]:
     """`python -m segic_jax.data.build` arguments for a fake dataset (`split`: another than the usual)."""
-    split = split or FAKE_SPLITS.get(name.partition("/")[0])
-    return [name, "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)] + (["--splits", split] if split else [])
+    splits = [split] if split else fake_splits(name)
+    return [name, "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)] + (["--splits", ",".join(splits)] if splits else [])

@@ -86,9 +86,13 @@ def test_a_partial_build_is_completed_by_a_rebuild_and_killed_builds_leave_nothi
     write_coco(str(coco), rng, split="val")
     stale = os.path.join(os.path.dirname(os.fspath(builder.data_path)), "incomplete.KILLED_1.0.0")
     os.makedirs(stale)
-    assert build_cli.main(["coco_instances", "--manual_dir", str(coco), "--data_dir", str(data)]) == 0
+    # asking for the other split builds it again with both, the earlier one kept
+    assert build_cli.main(["coco_instances", "--manual_dir", str(coco), "--data_dir", str(data), "--splits", "val"]) == 0
     assert set(build_cli.make_builder("coco_instances", str(data)).info.splits) == {"train", "val"}
     assert not os.path.exists(stale)
+    # and a build of every split finds it complete
+    assert build_cli.main(["coco_instances", "--manual_dir", str(coco), "--data_dir", str(data)]) == 0
+    assert set(build_cli.make_builder("coco_instances", str(data)).info.splits) == {"train", "val"}
 
 
 def test_damaged_build_inputs_are_named(tmp_path, capsys):

@@ -71,32 +71,27 @@ def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = 
           splits: list[str] | None = None):
     """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny).
     `splits` limits the build to those splits (default: all of the dataset's, each of which must be
-    present under `manual_dir`). A dataset built earlier without a split asked for now is built again,
-    whole. `progress` shows TFDS's progress bars per split."""
+    present under `manual_dir`). A dataset built earlier without a split asked for now is built again
+    with its earlier splits and the new ones. `progress` shows TFDS's progress bars per split."""
     import tensorflow_datasets as tfds
 
     from segic_jax.data.builders.common import require_dir
 
     dataset = name.partition("/")[0]
     builder = make_builder(name, data_dir)
+    mode = None
     if dataset not in NEEDS_NO_FILES:
         if not manual_dir:
             raise ValueError(f"{dataset} is built from your files: give --manual_dir")
         require_dir(manual_dir, f"--manual_dir of {dataset}")
-    builder.requested_splits = list(splits) if splits else None
-    mode = None
-    with quiet_tfds():
-        prepared = builder.is_prepared()
-    if prepared and splits is not None and not set(splits) <= set(builder.info.splits):
-        mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # add the missing splits: build it again
-    elif prepared and splits is None and dataset not in NEEDS_NO_FILES:
-        mode = None if _has_every_split(builder) else tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-    if dataset not in NEEDS_NO_FILES:
-        # the layout checks of every split run first (the examples are generated lazily): a missing
-        # file fails here, before TFDS would delete an earlier build to make this one
-        import types
-
-        builder._split_generators(types.SimpleNamespace(manual_dir=manual_dir))
+        builder.requested_splits = list(splits) if splits else None
+        wanted = _check_layout(builder, manual_dir)
+        with quiet_tfds():
+            built = set(builder.info.splits) if builder.is_prepared() else None
+        if built is not None and not wanted <= built:  # complete it, keeping the splits it has
+            builder.requested_splits = sorted(built | wanted)
+            _check_layout(builder, manual_dir)
+            mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
     _remove_stale_incomplete(builder)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, **({"download_mode": mode} if mode else {}))
     with quiet_tfds(builder), (contextlib.nullcontext() if progress else _no_progress_bars()):
@@ -104,15 +99,13 @@ def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = 
     return builder
 
 
-def _has_every_split(builder) -> bool:
-    """Whether a prepared dataset holds every split its builder can make (an earlier build with
-    --splits may have left some out)."""
-    from segic_jax.data.builders import fewshot, video
+def _check_layout(builder, manual_dir: str) -> set[str]:
+    """The splits the builder will make, after its layout checks for each: they run before anything is
+    written (the examples are generated lazily), so a missing file fails before TFDS would delete an
+    earlier build to make this one."""
+    import types
 
-    every = {
-        "fss1000": set(fewshot.SPLIT_FILES), "davis2017": {"train", "val"}, "youtube_vos": {"train", "valid"},
-    }.get(builder.name) or set(getattr(builder, "SPLITS", {}))
-    return not every or every <= set(builder.info.splits)
+    return set(builder._split_generators(types.SimpleNamespace(manual_dir=manual_dir)))
 
 
 def _remove_stale_incomplete(builder) -> None:

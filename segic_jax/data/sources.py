@@ -1,4 +1,4 @@
-"""Random-access reading of built datasets (tfds.data_source: no TensorFlow) and decoding of their
+"""Random-access reading of built datasets (TFDS data sources: no TensorFlow) and decoding of their
 examples into arrays."""
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ from segic_jax.data import rle
 
 def data_source(name: str, split: str, data_dir: str):
     """`name` is a dataset, optionally with its config: synthetic_incontext/tiny."""
-    import tensorflow_datasets as tfds
-
-    from segic_jax.data.builders import builder_class
-
     from segic_jax.data import build
 
-    builder_class(name)  # checks the name and registers the builders with TFDS
     files = "" if name.partition("/")[0] in build.NEEDS_NO_FILES else " --manual_dir ..."
     how = f"build it with `python -m segic_jax.data.build {name}{files} --data_dir {data_dir}`"
-    if not build.is_built(name, data_dir):  # reading never builds or downloads anything
+    builder = build.make_builder(name, data_dir)
+    with build.quiet_tfds():
+        prepared = builder.is_prepared()
+    if not prepared:  # reading never builds or downloads anything
         raise FileNotFoundError(f"dataset {name} is not built under {data_dir}; {how}")
     try:
-        with build.quiet_tfds():
-            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return builder.as_data_source(split=split)
     except Exception as e:  # TFDS raises several types for a dataset that is not there
         raise FileNotFoundError(f"dataset {name} split {split!r} not found under {data_dir} ({e}); {how}") from None
 
@@ -69,12 +66,9 @@ def class_mask(example: dict, class_id: int) -> np.ndarray:
 
 def class_names(name: str, data_dir: str) -> list[str]:
     """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
-    import tensorflow_datasets as tfds
+    from segic_jax.data import build
 
-    from segic_jax.data.builders import builder_class
-
-    builder_class(name)  # checks the name and registers the builders with TFDS
-    return list(tfds.builder(name, data_dir=data_dir).info.metadata["class_names"])
+    return list(build.make_builder(name, data_dir).info.metadata["class_names"])
 
 
 def decode_semantic(example: dict) -> dict:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
-DTYPE_NAMES = ("float32", "bfloat16")
-
-
 def _int(low: int | None = None, high: int | None = None) -> Callable[[Any], str | None]:
     def rule(v):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -52,6 +49,12 @@ def _image_size(v):
     return problem or (None if v % 14 == 0 else f"must be a multiple of 14 (DINOv2's patch), got {v}")
 
 
+def _dtypes():
+    from segic_jax.models.encoders import DTYPES
+
+    return DTYPES
+
+
 def _archs():
     from segic_jax.models.dinov2 import ARCHS
 
@@ -68,7 +71,7 @@ PROBABILITY = _float(0.0, 1.0)
 RULES: dict[str, Callable[[Any], str | None]] = {
     "seed": _int(),
     "image_size": _image_size,
-    "dtype": _choice(DTYPE_NAMES),
+    "dtype": _choice(_dtypes),
     "dinov2.arch": _choice(_archs),
     "dinov2.depth": _int(0),
     "clip.width": _int(1),

@@ -190,8 +190,6 @@ class Trainer:
         self.mesh = make_mesh(c.mesh.fsdp)
         if c.train.global_batch_size % self.mesh.size:
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
-        if c.train.remat_rows < 0:
-            raise ValueError(f"config.train.remat_rows must be 0 (off) or a number of decoder rows, got {c.train.remat_rows}")
         self.local_batch = c.train.global_batch_size // jax.process_count()
         self.is_main = jax.process_index() == 0
 
@@ -220,9 +218,7 @@ class Trainer:
             self.samplers, batch_size=self.local_batch, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
             weights=weights, shard_index=jax.process_index(), shard_count=jax.process_count(),
         )
-        self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"config.train.samples_per_epoch {c.train.samples_per_epoch} is less than one global batch")
+        self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
         self.iterator = episodes.iterator(self.dataset, c.data.workers, c.data.prefetch, c.data.threads)
 
@@ -300,8 +296,8 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         skipped = []
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
         while (latest := self.manager.latest_step()) is not None:
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
             try:
                 restored = self.manager.restore(
                     latest, args=ocp.args.Composite(
@@ -459,7 +455,7 @@ class Trainer:
         if c.eval.every_steps and c.eval.at_start and not resumed:
             evals["untrained"] = self.evaluate("untrained")
             print(f"step 0 (untrained): {_format_eval(evals['untrained'])}", flush=True)
-        losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // max(c.log.every_steps, 1)]
+        losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
         metrics = None
         start_step, t0 = self.state.step, time.time()
         bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training",

@@ -30,16 +30,6 @@ class WorkdirBusy(ValueError):
     """Another run holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Lock:
     """Held from construction to `release()`."""
 
@@ -55,7 +45,7 @@ class Lock:
                 holder = self._holder()
                 if holder is None:
                     continue  # released between our two looks
-                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not files.process_alive(holder["pid"]):
                     self.taken_over = holder  # its process is gone (killed): a stale lock
                     os.remove(self.path)
                     continue
@@ -96,7 +86,8 @@ def has_checkpoints(workdir: str) -> bool:
     return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
-def _flat(config) -> dict:
+def flat_fields(config) -> dict:
+    """{'train.num_steps': value, ...}: every leaf field of a config by its dotted name."""
     out = {}
 
     def walk(node, prefix):
@@ -116,14 +107,14 @@ def _may_change(field: str) -> bool:
 
 def record_config(workdir: str, config) -> None:
     """workdir/config.json: the config a fresh run starts with."""
-    files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(_flat(config), default=str)))
+    files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(flat_fields(config), default=str)))
 
 
 def check_config(workdir: str, config) -> None:
     """For a resumed run: refuse a config that differs from workdir/config.json in a field that
     changes what a step computes, naming each such field; record the changes that are allowed."""
     path = os.path.join(workdir, CONFIG_FILE)
-    current = json.loads(json.dumps(_flat(config), default=str))
+    current = json.loads(json.dumps(flat_fields(config), default=str))
     if not os.path.isfile(path):
         files.write_json(path, current)
         return

@@ -5,7 +5,9 @@
 
 Variants after the colon:
   paper      every benchmark of the paper at 896 px (the converted checkpoint's size), 1-shot and
-             5-shot, the protocols' episode counts; needs the built datasets (python -m
+             5-shot, the protocols' episode counts, the original's episode sampling (HSNet's COCO-20i
+             lists when coco20i_semantic was built with them, query_as_support), plus coco2017, the
+             original README's COCO command; needs the built datasets (python -m
              segic_jax.data.build ...) in --config.data_dir.
   synthetic  the synthetic_incontext held-out classes at tiny sizes (the `tiny` build), one-shot:
              a check that runs in seconds, and what training evaluates periodically.
@@ -17,7 +19,7 @@ import ml_collections
 
 VARIANTS = {
     "paper": dict(
-        benchmarks=("coco20i", "fss1000", "lvis92i", "ade20k", "davis2017", "youtube_vos"),
+        benchmarks=("coco20i", "coco2017", "fss1000", "lvis92i", "ade20k", "davis2017", "youtube_vos"),
         shots=(1, 5), image_size=896, episodes=0, synthetic_dataset="synthetic_incontext", chunk_size=50,
         batch_size=8,
     ),
@@ -35,12 +37,16 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.checkpoint = ""  # converted SEGIC directory (python -m segic_jax.convert segic ...); required
     c.data_dir = "data"  # where the datasets were built (TFDS data_dir)
-    # coco20i fss1000 lvis92i ade20k synthetic davis2017 youtube_vos
+    # coco20i coco2017 fss1000 lvis92i ade20k synthetic davis2017 youtube_vos
     c.benchmarks = v["benchmarks"]
     c.shots = v["shots"]  # few-shot benchmarks run once per shot count; ade20k and video once
     c.folds = ()  # coco20i / lvis92i folds to run; empty: all (4 / 10)
     c.episodes = v["episodes"]  # per fold; 0: the protocol's count (fss1000, ade20k: every image)
     c.seed = 0  # episode lists and the ADE20K reference choice
+    # lvis92i / coco2017: True is the original's reference choice, where a class with no more than
+    # `shots` other images (one shot: a class in exactly two images) is referenced by the query
+    # itself; False draws only other images. results.md says which was used.
+    c.query_as_support = True
     c.image_size = v["image_size"]  # checked against the checkpoint; 0: whatever it was converted for
     c.dtype = "float32"  # or bfloat16
     # one-shot episodes per device batch (their references, then their queries, in one encoder call

@@ -186,3 +186,42 @@ def build_args(name: str, manual_dir, data_dir, split: str | None = None) -> lis
     """`python -m segic_jax.data.build` arguments for a fake dataset (`split`: another than the usual)."""
     splits = [split] if split else fake_splits(name)
     return [name, "--manual_dir", str(manual_dir), "--data_dir", str(data_dir)] + (["--splits", ",".join(splits)] if splits else [])
+
+
+def write_coco2014_split(root, rng, folder: str, images: dict[str, list[int]]):
+    """root/<folder>/ and annotations/instances_<folder>.json: `images` {file name: 0-based classes},
+    each class a square of its own in the image, over COCO's 80 category ids and names."""
+    ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    names = {ids[0]: "person", ids[4]: "airplane", ids[57]: "couch"}
+    entries, anns = [], []
+    for image_id, (name, classes) in enumerate(sorted(images.items()), start=1):
+        _jpeg(os.path.join(root, folder, name), rng, 24, 24 + image_id)
+        entries.append(dict(id=image_id, file_name=name, height=24, width=24 + image_id))
+        for j, c in enumerate(classes):
+            x = 2 + 7 * j
+            anns.append(dict(id=len(anns) + 1, image_id=image_id, category_id=ids[c], iscrowd=0,
+                             segmentation=[[x, 2, x + 5, 2, x + 5, 20, x, 20]], bbox=[x, 2, 5, 18]))
+    data = dict(images=entries, annotations=anns,
+                categories=[dict(id=c, name=names.get(c, f"category{c}")) for c in ids])
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    with open(os.path.join(root, "annotations", f"instances_{folder}.json"), "w") as f:
+        json.dump(data, f)
+
+
+def write_hsnet_lists(splits_dir, split: str, lists: dict[int, list[str]], fold_of: dict[str, int] | None = None):
+    """HSNet's data/splits/coco/<split>/fold{0..3}.pkl: for each fold a dict over the fold's classes
+    (val: its 20 held-out classes; trn: the other 60), 0-based, of "<folder>/<file>" names; `lists`
+    gives a class's images, listed in every fold that has the class unless `fold_of` names the one
+    fold an image is listed in."""
+    fold_of = fold_of or {}
+    import pickle
+
+    folder = "val2014" if split == "val" else "train2014"
+    for fold in range(4):
+        held_out = {fold + 4 * v for v in range(20)}
+        classes = sorted(held_out if split == "val" else set(range(80)) - held_out)
+        fold_lists = {c: [f"{folder}/{n}" for n in lists.get(c, []) if fold_of.get(n, fold) == fold] for c in classes}
+        path = os.path.join(splits_dir, "coco", split, f"fold{fold}.pkl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(fold_lists, f)

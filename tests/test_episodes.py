@@ -27,7 +27,7 @@ def source(data_dir):
 
 @pytest.fixture(scope="module")
 def ade(data_dir):
-    return data_source("ade20k_semantic", "train", data_dir), class_names("ade20k_semantic", data_dir)
+    return data_source("ade20k_semantic", "train", data_dir), class_names("ade20k_semantic")
 
 
 def _stream(samplers, seed=0, batch=2, **kw):

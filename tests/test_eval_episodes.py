@@ -37,10 +37,12 @@ def test_fss_every_test_image_is_a_query_once(built):
 
 def test_lvis92i_folds_use_categories_seen_in_several_images(built):
     source = data_source("lvis_instances", "val", built)
-    episodes = eval_episodes.lvis92i(source, fold=0, episodes=50, seed=0)
+    episodes = eval_episodes.lvis92i(source, fold=0, episodes=50, seed=0, query_as_support=False)
     assert len(episodes) == 50 and {e.class_id for e in episodes} == {1}  # categories [1, 2, 3][0::10]
     for e in episodes:
         assert e.query != e.supports[0]
+    # category 1 is in the two annotated images: the original's sampling references the query itself
+    assert all(e.supports == (e.query,) for e in eval_episodes.lvis92i(source, fold=0, episodes=20, seed=0))
     (image, mask), (ref_image, ref_mask) = eval_episodes.query_and_supports("lvis92i", source, episodes[0])
     assert mask.shape == image.shape[:2] and mask.any() and ref_mask.any()
     assert {e.class_id for e in eval_episodes.lvis92i(source, fold=2, episodes=5)} == {3}

@@ -111,7 +111,7 @@ def _truth(data_dir):
     for i in range(len(lvis)):
         d = decode_instances(lvis[i])
         table[_key(d["image"])] = {n: (d["masks"][[m == n for m in d["category_names"]]].any(0), None) for n in set(d["category_names"])}
-    names = class_names("ade20k_semantic", data_dir)
+    names = class_names("ade20k_semantic")
     ade = data_source("ade20k_semantic", "val", data_dir)
     for i in range(len(ade)):
         d = decode_semantic(ade[i])
@@ -192,7 +192,7 @@ def test_void_pixels_are_not_scored_and_only_present_classes_are_decoded(data_di
     fake = FakePredictor(truth, "truth+void")  # foreground on all void pixels, for every class
     scores = runner.evaluate(fake, "ade20k", data_dir, progress=False)
     assert scores["miou"] == scores["fb_iou"] == 100.0 and scores["episodes"] == 3
-    names = class_names("ade20k_semantic", data_dir)
+    names = class_names("ade20k_semantic")
     val = data_source("ade20k_semantic", "val", data_dir)
     present = {_key(d["image"]): {names[c - 1] for c in d["classes"]} for d in (decode_semantic(val[i]) for i in range(len(val)))}
     assert {k: set(p) for k, p in fake.decoded} == present  # jointly, only the GT's classes

@@ -23,8 +23,9 @@ SOURCES = {
     "synthetic_incontext": "built in, no files (configs: default, tiny)",
     "coco_instances": "COCO 2017: annotations/instances_{train,val}2017.json, {train,val}2017/",
     "lvis_instances": "LVIS v1: lvis_v1_{train,val}.json, COCO 2017 {train,val}2017/",
-    "ade20k_semantic": "ADEChallengeData2016: images/, annotations/, objectInfo150.txt (or .csv)",
-    "coco20i_semantic": "COCO 2014: annotations/instances_{train,val}2014.json, {train,val}2014/",
+    "ade20k_semantic": "ADEChallengeData2016: images/, annotations/",
+    "coco20i_semantic": "COCO 2014: annotations/instances_{train,val}2014.json, {train,val}2014/, and HSNet's "
+                        "split lists (splits/coco/{trn,val}/fold{0..3}.pkl, or --splits_dir) for the paper's protocol",
     "fss1000": "FSS-1000: <class>/N.jpg + N.png, splits/{trn,val,test}.txt",
     "davis2017": "DAVIS 2017: JPEGImages/480p, Annotations/480p, ImageSets/2017",
     "youtube_vos": "YouTube-VOS 2018: {train,valid}/{JPEGImages,Annotations,meta.json}",
@@ -68,17 +69,22 @@ def is_built(name: str, data_dir: str) -> bool:
 
 
 def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = True,
-          splits: list[str] | None = None):
+          splits: list[str] | None = None, splits_dir: str | None = None):
     """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny).
     `splits` limits the build to those splits (default: all of the dataset's, each of which must be
     present under `manual_dir`). A dataset built earlier without a split asked for now is built again
-    with its earlier splits and the new ones. `progress` shows TFDS's progress bars per split."""
+    with its earlier splits and the new ones. `progress` shows TFDS's progress bars per split.
+    `splits_dir`: HSNet's data/splits folder, for coco20i_semantic (default: manual_dir/splits)."""
     import tensorflow_datasets as tfds
 
     from segic_jax.data.builders.common import require_dir
 
     dataset = name.partition("/")[0]
     builder = make_builder(name, data_dir)
+    if splits_dir is not None:
+        if not hasattr(builder, "splits_dir"):
+            raise ValueError(f"--splits_dir is for coco20i_semantic (HSNet's lists), not {dataset}")
+        builder.splits_dir = splits_dir
     mode = None
     if dataset not in NEEDS_NO_FILES:
         if not manual_dir:
@@ -146,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--manual_dir", help="the dataset's files, in the layout its builder reads (all but synthetic_incontext)")
     parser.add_argument("--splits", help="comma-separated splits to build, when you have only some (default: all of "
                                          "the dataset's, each required)")
+    parser.add_argument("--splits_dir", help="coco20i_semantic: HSNet's data/splits folder, whose coco/{trn,val}/fold*.pkl "
+                                             "lists give the paper's episode pools (default: MANUAL_DIR/splits)")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                         help="where the TFDS dataset is written (default: %(default)s; the demo uses ~/.cache/segic_jax/data)")
     return parser
@@ -156,12 +164,15 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         splits = [x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None
-        builder = build(args.name, args.manual_dir, args.data_dir, splits=splits)
+        builder = build(args.name, args.manual_dir, args.data_dir, splits=splits, splits_dir=args.splits_dir)
     except ValueError as e:  # LayoutError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
     print(f"built {args.name} ({splits} examples) in {builder.data_dir} in {time.time() - start:.0f} s")
+    if args.name == "coco20i_semantic" and builder.info.metadata.get("pools") == "present":
+        print("note: built without HSNet's split lists, so a class's episodes draw from every image containing it; "
+              "the paper's COCO-20i protocol draws from HSNet's lists (--splits_dir)")
     return 0
 
 

@@ -5,12 +5,20 @@ seed always gives the same list, so runs and hosts agree on what is evaluated.
 
   coco20i   COCO-20i fold f (0..3) on coco20i_semantic val: classes {f + 4v + 1 : v = 0..19}
             (1-based ids in the 80-class order), 1000 episodes: class uniform over the fold's
-            classes present, query uniform among its images, supports other images of it.
+            classes, query uniform among its pool (HSNet's list when the dataset was built with
+            it: `pool_classes`), supports other images of the pool.
+  coco2017  the original README's `--eval_datasets coco` protocol on coco_instances val: every
+            image once (image first), class uniform among its categories, mask = the union of
+            that category's instances, supports other images with the class.
   fss1000   every fss1000 test image is a query once (2400); supports other images of its class.
+            As the original, an episode whose query or support image differs in size from its
+            mask is replaced by the next query's episode (with a support drawn for it).
   lvis92i   LVIS-92i fold f (0..9) on lvis_instances val: categories annotated in more than one
             image, sorted by id, fold = categories[f::10]; 2300 episodes chosen as the SEGIC code
-            does (class uniform, then a query image of it, then supports), except that a support
-            is never the query (the reference's `_get_ref_cid` bug is not reproduced).
+            does (class uniform, then a query image of it, then supports).
+query_as_support (lvis92i, coco2017): the original's reference choice, in which a class with no
+more than `shots` other images (for one shot: a class in exactly two images) is referenced by the
+query itself; False draws only other images, and such classes (coco2017: such queries) are left out.
   synthetic one-shot (or k-shot) episodes on synthetic_incontext's test split, whose classes are
             all held out from training: chosen like lvis92i over every class of the split.
   ade20k    the semantic protocol: every val image once (or a seeded subset); the references are
@@ -21,12 +29,13 @@ k-shot: `shots` supports, all different and different from the query.
 
 from __future__ import annotations
 
+import io
 from typing import NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax.data.sources import class_mask, decode_image, decode_semantic, text
+from segic_jax.data.sources import class_mask, decode_gray, decode_image, decode_semantic, text
 
 
 class Episode(NamedTuple):
@@ -43,23 +52,25 @@ def _index(values_per_item: Sequence[Sequence[int]]) -> dict[int, list[int]]:
     return images_of
 
 
-def _supports(rng, pool: list[int], query: int, shots: int, what: str) -> tuple[int, ...]:
+def _supports(rng, pool: list[int], query: int, shots: int, what: str, query_as_support: bool = False) -> tuple[int, ...]:
     others = [i for i in pool if i != query]
+    if query_as_support and len(others) <= shots:  # the original's `_get_ref_cid`: `if len(others) > 1`
+        return (int(query),) * shots
     if len(others) < shots:
         raise ValueError(f"{what} has {len(others)} other images, fewer than the {shots} shots asked for")
     return tuple(int(i) for i in rng.choice(others, size=shots, replace=False))
 
 
-def _class_first(images_of, classes, episodes, shots, seed, what):
+def _class_first(images_of, classes, episodes, shots, seed, what, query_as_support=False):
     rng = np.random.default_rng(seed)
-    usable = [c for c in classes if len(images_of.get(c, [])) > shots]
+    usable = [c for c in classes if len(images_of.get(c, [])) > (0 if query_as_support else shots)]
     if not usable:
         raise ValueError(f"no class of {what} has {shots + 1} images")
     out = []
     for _ in range(episodes):
         c = usable[int(rng.integers(len(usable)))]
         q = images_of[c][int(rng.integers(len(images_of[c])))]
-        out.append(Episode(c, int(q), _supports(rng, images_of[c], q, shots, f"class {c} of {what}")))
+        out.append(Episode(c, int(q), _supports(rng, images_of[c], q, shots, f"class {c} of {what}", query_as_support)))
     return out
 
 
@@ -74,16 +85,38 @@ def coco20i(source, fold: int, shots: int = 1, episodes: int = 1000, seed: int =
     if fold not in range(4):
         raise ValueError(f"COCO-20i fold must be 0..3, got {fold}")
     classes = [fold + 4 * v + 1 for v in range(20)]
-    images_of = _index([source[i]["classes"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
+    images_of = _index([source[i]["pool_classes"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
     return _class_first(images_of, classes, episodes, shots, seed + fold, f"COCO-20i fold {fold}")
 
 
-def lvis92i(source, fold: int, shots: int = 1, episodes: int = 2300, seed: int = 0) -> list[Episode]:
+def lvis92i(source, fold: int, shots: int = 1, episodes: int = 2300, seed: int = 0,
+            query_as_support: bool = True) -> list[Episode]:
     if fold not in range(10):
         raise ValueError(f"LVIS-92i fold must be 0..9, got {fold}")
     images_of = _index([source[i]["objects"]["category_id"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
     categories = sorted(c for c, images in images_of.items() if len(images) > 1)
-    return _class_first(images_of, categories[fold::10], episodes, shots, seed + fold, f"LVIS-92i fold {fold}")
+    return _class_first(images_of, categories[fold::10], episodes, shots, seed + fold, f"LVIS-92i fold {fold}",
+                        query_as_support)
+
+
+def coco2017(source, shots: int = 1, seed: int = 0, query_as_support: bool = True) -> list[Episode]:
+    """One episode per image, in the source's order: a class uniform among the image's categories,
+    then supports among the other images with it (the original's SemCOCO evaluation)."""
+    categories = [sorted({int(c) for c in source[i]["objects"]["category_id"]})
+                  for i in tqdm(range(len(source)), desc="indexing", leave=False)]
+    images_of = _index(categories)
+    rng = np.random.default_rng(seed)
+    out = []
+    for q, cats in enumerate(categories):
+        if not cats:
+            continue
+        c = cats[int(rng.integers(len(cats)))]
+        if not query_as_support and len(images_of[c]) <= shots:
+            continue  # no other images enough to reference this class
+        out.append(Episode(c, q, _supports(rng, images_of[c], q, shots, f"category {c}", query_as_support)))
+    if not out:
+        raise ValueError(f"no image of the COCO 2017 split has a category in {shots + 1} images")
+    return out
 
 
 def synthetic(source, shots: int = 1, episodes: int = 1000, seed: int = 0) -> list[Episode]:
@@ -122,12 +155,37 @@ def ade20k_references(source, seed: int = 0, min_area: float = 0.05) -> dict[int
 
 
 def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
-    names = [source[i]["class_name"] for i in range(len(source))]
+    """Every image once as the query. An episode whose query or a support differs in size from its
+    mask (a few FSS-1000 files do) is replaced, as the original replaces it, by the next image's
+    episode with supports drawn for it (wrapping around at the end)."""
+    examples = [source[i] for i in tqdm(range(len(source)), desc="indexing", leave=False)]
+    names = [ex["class_name"] for ex in examples]
+    fits = [_size(ex["image"]) == _size(ex["mask"]) for ex in examples]
     classes = sorted(set(names))
     ids = [classes.index(n) for n in names]
     images_of = _index([[c] for c in ids])
+    if not any(fits):
+        raise ValueError("no FSS-1000 image has a mask of its size")
     rng = np.random.default_rng(seed)
-    return [Episode(c, q, _supports(rng, images_of[c], q, shots, f"FSS-1000 class {classes[c]}")) for q, c in enumerate(ids)]
+    out = []
+    for first in range(len(ids)):
+        q = first
+        while True:
+            c = ids[q]
+            supports = _supports(rng, images_of[c], q, shots, f"FSS-1000 class {classes[c]}")
+            if fits[q] and all(fits[i] for i in supports):
+                break
+            q = (q + 1) % len(ids)
+        out.append(Episode(c, q, supports))
+    return out
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    """(width, height) from an encoded image's header."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size
 
 
 def davis2017(source) -> list[int]:
@@ -143,16 +201,17 @@ class Item(NamedTuple):
 
 def decode_item(kind: str, example: dict, class_id: int) -> Item:
     """One image of an episode at its own resolution: pixels of the class (semantic), the union of
-    its instances (LVIS, synthetic), or mask > 128 (FSS-1000)."""
+    its instances (LVIS, COCO 2017, synthetic), or the mask read as grayscale >= 128 (FSS-1000, as
+    the original reads it)."""
     if kind == "coco20i":
         data = decode_semantic(example)
         return Item(data["image"], data["label"] == class_id, data["label"] == 255, None)
-    if kind in ("lvis92i", "synthetic"):
+    if kind in ("lvis92i", "coco2017", "synthetic"):
         objects = example["objects"]
         names = [text(n) for n, c in zip(objects["category_name"], objects["category_id"]) if int(c) == class_id]
         return Item(decode_image(example["image"]), class_mask(example, class_id), None, names[0] if names else None)
     if kind == "fss1000":
-        mask = decode_image(example["mask"])[..., 0] > 128
+        mask = decode_gray(example["mask"]) >= 128
         name = example["class_name"]
         return Item(decode_image(example["image"]), mask, None, None if name is None else text(name))
     raise ValueError(f"unknown episode kind {kind!r}")

@@ -40,6 +40,14 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"), np.uint8)
 
 
+def decode_gray(data: bytes) -> np.ndarray:
+    """(H, W) uint8 luminance from encoded bytes (PIL's "L" conversion of any mode)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("L"), np.uint8)
+
+
 def decode_instances(example: dict) -> dict:
     """image (H, W, 3) uint8, masks (N, H, W) bool, category_ids (N,), category_names, iscrowd (N,)."""
     objects = example["objects"]
@@ -64,11 +72,23 @@ def class_mask(example: dict, class_id: int) -> np.ndarray:
     return mask
 
 
-def class_names(name: str, data_dir: str) -> list[str]:
-    """Names of a semantic dataset's classes (index i is class i + 1), as recorded when built."""
+def class_names(name: str) -> list[str]:
+    """The names SEGIC prompts with for a semantic dataset's classes (index i is class i + 1):
+    the package's own lists (segic_jax/data/names.py), whatever annotation files it was built from."""
+    from segic_jax.data.names import PROMPT_NAMES
+
+    dataset = name.partition("/")[0]
+    if dataset not in PROMPT_NAMES:
+        raise ValueError(f"{name} has no class-name list; the semantic datasets are {', '.join(PROMPT_NAMES)}")
+    return list(PROMPT_NAMES[dataset])
+
+
+def episode_pools(name: str, data_dir: str) -> str:
+    """What a semantic dataset's `pool_classes` were built from: "hsnet" (HSNet's split lists, the
+    paper's COCO-20i pools) or "present" (every class present in the image)."""
     from segic_jax.data import build
 
-    return list(build.make_builder(name, data_dir).info.metadata["class_names"])
+    return str(build.make_builder(name, data_dir).info.metadata.get("pools", "present"))
 
 
 def decode_semantic(example: dict) -> dict:

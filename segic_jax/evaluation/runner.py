@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from segic_jax import checkpoints
 from segic_jax.data import eval_episodes
-from segic_jax.data.sources import class_names, data_source, decode_semantic
+from segic_jax.data.sources import class_names, data_source, decode_semantic, episode_pools
 from segic_jax.evaluation import records, report
 from segic_jax.evaluation.metrics import IoUMeter, confusion, jaccard
 from segic_jax.inference.predictor import Context, Episode, Predictor, check_checkpoint
@@ -69,42 +69,72 @@ BENCHMARKS = {
     "coco20i": Benchmark(
         "coco20i_semantic", "val", 4, 1000,
         "COCO-20i (HSNet folds: fold f = classes {f + 4v}), COCO 2014 val; per fold 1000 seeded episodes "
-        "(seed + fold): class uniform among the fold's classes, query uniform among its images, supports "
-        "other images of it; text 'a photo of a {class}'. mIoU over the fold's classes and FB-IoU per fold, "
+        "(seed + fold): class uniform among the fold's classes, query uniform among its pool, supports other "
+        "images of the pool; text 'a photo of a {class}' with the original's 80 names (VOC-style motorbike, "
+        "aeroplane, sofa, pottedplant, diningtable, tvmonitor). mIoU over the fold's classes and FB-IoU per fold, "
         "and their means over the folds. A checkpoint trained on all 80 classes makes this the 'generalist' "
         "setting (docs/benchmarks.md), not the held-out-fold one.",
+    ),
+    "coco2017": Benchmark(
+        "coco_instances", "val", 0, 0,
+        "COCO 2017 val as the original README's `--eval_datasets coco` runs it: every image with annotations is "
+        "the query once; class uniform among its categories, mask = the union of that category's instances, "
+        "supports other val images with the category; text 'a photo of a {category}' with the annotation "
+        "file's names. mIoU over the categories.",
     ),
     "fss1000": Benchmark(
         "fss1000", "test", 0, 0,
         "FSS-1000 test classes (240, sorted folder names): every test image is the query once (2400 "
-        "episodes), supports other images of its class, masks > 128; text = the folder name. mIoU over "
-        "the classes.",
+        "episodes), supports other images of its class; masks read as grayscale, >= 128 is foreground; an "
+        "episode whose query or support differs in size from its mask is replaced by the next image's, as the "
+        "original does; text = the folder name. mIoU over the classes.",
     ),
     "lvis92i": Benchmark(
         "lvis_instances", "val", 10, 2300,
         "LVIS-92i, LVIS v1 val: categories annotated in more than one image, sorted by id, fold f = "
         "categories[f::10]; per fold 2300 seeded episodes chosen as the SEGIC code does (class uniform over "
         "the fold, then a query image of it, then supports), not the Matcher variant (class = episode index "
-        "mod classes); unlike the SEGIC code a support is never the query. Mask = union of the class's "
-        "instances; text 'a photo of a {category}'. mIoU per fold and the mean of the folds.",
+        "mod classes). Mask = union of the class's instances; text 'a photo of a {category}'. mIoU per fold "
+        "and the mean of the folds.",
     ),
     "synthetic": Benchmark(
         "synthetic_incontext", "test", 0, 1000,
         "synthetic_incontext test split, whose classes are all held out from its train split: seeded "
-        "episodes as LVIS-92i (class uniform, query, supports), mask = union of the class's objects, text "
-        "'a photo of a {class}'. mIoU over the classes.",
+        "episodes as LVIS-92i (class uniform, query, supports other images), mask = union of the class's "
+        "objects, text 'a photo of a {class}'. mIoU over the classes.",
     ),
     "ade20k": Benchmark(
         "ade20k_semantic", "val", 0, 0,
         "ADE20K-150 in-context semantic segmentation (docs/original.md 5.3): every val image once; per image "
         "only the classes present in its ground truth are decoded, all jointly (cross-instance tokens), each "
-        "with 'a photo of a {class}' and its reference's feature (soft reference mask, as the reference's "
-        "semantic path). References: one real training image per class chosen by "
+        "with 'a photo of a {class}' (the original's 150 names) and its reference's feature (soft reference "
+        "mask, as the reference's semantic path). References: one real training image per class chosen by "
         "`eval_episodes.ade20k_references` (SEGIC's Stable-Diffusion references were never released, so this "
         "number is not the paper's protocol). Per class the binary mask logit > 0 is scored against "
         "label == class ('other' = 0 counts as background, 255 is void); mIoU over the classes seen.",
     ),
 }
+# benchmarks whose reference choice `query_as_support` switches
+QUERY_AS_SUPPORT = ("lvis92i", "coco2017")
+
+
+def protocol(benchmark: str, options: "Options", pools: str | None = None) -> str:
+    """The benchmark's protocol text, with the settings this run used and whether they are the
+    original's (the paper's) protocol."""
+    text = BENCHMARKS[benchmark].protocol
+    if benchmark in QUERY_AS_SUPPORT:
+        text += (" Reference choice: query_as_support=True, the original's (a class with no more than `shots` "
+                 "other images, e.g. one in exactly two images for one shot, is referenced by the query itself)."
+                 if options.query_as_support else
+                 " Reference choice: query_as_support=False, a support is never the query (classes without enough "
+                 "other images are left out); the original's protocol is query_as_support=True.")
+    if benchmark == "coco20i":
+        text += (" Pools: HSNet's val lists (data/splits/coco/val/fold*.pkl), the paper's protocol." if pools == "hsnet"
+                 else " Pools: every image containing the class, because the dataset was built without HSNet's "
+                      "lists; NOT the paper's protocol (rebuild coco20i_semantic with --splits_dir).")
+    return text
+
+
 VIDEO = {
     "davis2017": "DAVIS 2017 val, semi-supervised (first-frame masks), J&F; see segic_jax.evaluation.vos.",
     "youtube_vos": "YouTube-VOS 2018 valid: palette PNGs for the challenge server; see segic_jax.evaluation.vos.",
@@ -123,6 +153,7 @@ class Options:
     chunk_size: int = 50  # episodes per record file
     model: Any = ""  # identifies the weights in the records' spec (a checkpoint path, a step)
     progress: bool = True
+    query_as_support: bool = True  # lvis92i / coco2017: the original's reference choice (`protocol`)
 
 
 @dataclasses.dataclass
@@ -136,6 +167,7 @@ class Unit:
     source: Any  # the evaluated split (random access)
     train: Any = None  # ADE20K: where the references come from
     class_names: list[str] | None = None  # semantic datasets: class i + 1's name
+    pools: str | None = None  # coco20i: what its episode pools were built from (sources.episode_pools)
     episodes: Any = None  # the episode list (`_make_episodes`), set by `_prepare`
     store: records.UnitStore | None = None  # its records, when there is a workdir
 
@@ -148,9 +180,13 @@ class Unit:
         b = BENCHMARKS[self.benchmark]
         spec = dict(benchmark=self.benchmark, dataset=self.dataset, split=b.split, fold=self.fold, shots=self.shots,
                     episodes=options.episodes, seed=options.seed, baseline_threshold=options.baseline_threshold,
-                    model=options.model, format=1)
+                    model=options.model, format=2)
         if self.benchmark == "ade20k":
             spec["reference_min_area"] = options.reference_min_area
+        if self.benchmark in QUERY_AS_SUPPORT:
+            spec["query_as_support"] = options.query_as_support
+        if self.pools is not None:
+            spec["pools"] = self.pools
         return spec
 
 
@@ -184,8 +220,9 @@ def _open(benchmark: str, data_dir: str, shots: int, folds, dataset: str | None)
     folds = _folds(benchmark, folds)
     source = data_source(dataset, b.split, data_dir)
     train = data_source(dataset, "train", data_dir) if benchmark == "ade20k" else None
-    names = class_names(dataset, data_dir) if benchmark in ("coco20i", "ade20k") else None
-    return [Unit(benchmark, shots, f, dataset, source, train, names) for f in folds]
+    names = class_names(dataset) if benchmark in ("coco20i", "ade20k") else None
+    pools = episode_pools(dataset, data_dir) if benchmark == "coco20i" else None
+    return [Unit(benchmark, shots, f, dataset, source, train, names, pools) for f in folds]
 
 
 def _make_episodes(unit: Unit, options: Options):
@@ -195,7 +232,10 @@ def _make_episodes(unit: Unit, options: Options):
     if unit.benchmark == "coco20i":
         episodes = eval_episodes.coco20i(src, unit.fold, shots, n or default, seed)
     elif unit.benchmark == "lvis92i":
-        episodes = eval_episodes.lvis92i(src, unit.fold, shots, n or default, seed)
+        episodes = eval_episodes.lvis92i(src, unit.fold, shots, n or default, seed, options.query_as_support)
+    elif unit.benchmark == "coco2017":
+        every = eval_episodes.coco2017(src, shots, seed, options.query_as_support)
+        episodes = [every[i] for i in eval_episodes.subset(len(every), n, seed)]
     elif unit.benchmark == "synthetic":
         episodes = eval_episodes.synthetic(src, shots, n or default, seed)
     elif unit.benchmark == "fss1000":
@@ -414,13 +454,15 @@ def evaluate(
     chunk_size: int = 50,
     model: Any = "",
     progress: bool = True,
+    query_as_support: bool = True,
 ) -> dict:
     """Evaluate an in-memory predictor on one benchmark; returns its scores.
 
     fold: a fold of coco20i / lvis92i, or several, or None for all; several are scored separately
     and averaged ("folds" holds each). episodes: per fold, 0 for
     the protocol's count (for fss1000 / ade20k, a seeded subset of the images). dataset: another
-    build of the benchmark's dataset (e.g. "synthetic_incontext/tiny"). workdir: where per-episode
+    build of the benchmark's dataset (e.g. "synthetic_incontext/tiny"). query_as_support: lvis92i and
+    coco2017 reference choice (`protocol`; True is the original's). workdir: where per-episode
     records go (needed to resume or shard; records of other weights must not share it, and
     `model` is stored with them to catch that). Few-shot results hold "miou", "fb_iou",
     "baseline_miou", "baseline_fb_iou", "episodes", per-class "classes" (or "folds"), and
@@ -435,7 +477,8 @@ def evaluate(
         if not workdir:
             raise ValueError(f"{benchmark} writes its predicted masks: give a workdir")
         return _video(benchmark, predictor, data_dir, os.path.join(workdir, benchmark), memory, shard)
-    options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress)
+    options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress,
+                      query_as_support)
     folds = [fold] if isinstance(fold, int) else fold
     units = [_prepare(u, options, workdir) for u in _open(benchmark, data_dir, shots, folds, dataset)]
     results = [_run_unit(u, options, lambda: predictor, shard) for u in units]
@@ -480,6 +523,8 @@ def _check_config(config) -> None:
     if not config.shots or any(int(s) < 1 for s in config.shots):
         raise ValueError(f"config.shots must list shot counts >= 1, got {tuple(config.shots)}")
     records.check_shard(config.shard_index, config.shard_count)
+    if not isinstance(config.query_as_support, bool):
+        raise ValueError(f"config.query_as_support must be True or False, got {config.query_as_support!r}")
     if not config.checkpoint:
         raise ValueError("set --config.checkpoint to a converted SEGIC directory (python -m segic_jax.convert segic ...)")
 
@@ -498,7 +543,8 @@ def run(config, workdir: str) -> dict:
                          "convert it again with --image-size, or set --config.image_size=0")
     shard = (config.shard_index, config.shard_count)
     options = Options(config.episodes, config.seed, config.baseline_threshold, config.ade20k_reference_min_area,
-                      config.chunk_size, model=dict(checkpoint=checkpoint, dtype=config.dtype, image_size=image_size))
+                      config.chunk_size, model=dict(checkpoint=checkpoint, dtype=config.dtype, image_size=image_size),
+                      query_as_support=config.query_as_support)
     few_shot = [b for b in config.benchmarks if b in BENCHMARKS]
     # open every dataset first: a missing one fails before anything is written
     plan = {}
@@ -507,6 +553,7 @@ def run(config, workdir: str) -> dict:
         for shots in (1,) if b == "ade20k" else config.shots:
             plan[b, int(shots)] = _open(b, config.data_dir, int(shots), list(config.folds), dataset)
     plan = {k: [_prepare(u, options, workdir) for u in units] for k, units in plan.items()}
+    pools = {b: units[0].pools for (b, _), units in plan.items()}
 
     loaded = []
 
@@ -532,7 +579,7 @@ def run(config, workdir: str) -> dict:
         "complete": True,
         "model": options.model,
         "config": config.to_dict(),
-        "protocols": {**{b: BENCHMARKS[b].protocol for b in few_shot}, **{b: VIDEO[b] for b in video},
+        "protocols": {**{b: protocol(b, options, pools[b]) for b in few_shot}, **{b: VIDEO[b] for b in video},
                       "baseline": baseline_protocol(config.baseline_threshold)},
         "benchmarks": benchmarks,
         "video": video,

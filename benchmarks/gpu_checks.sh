@@ -6,7 +6,8 @@
 #   segic_bf16     SEGIC episodes against the original (fp32 and bf16 autocast): ours in bf16 at
 #                  batch 1 and 8, uncached and cached, host overhead, MFU, a jax.profiler trace, 190 s
 #   segic_fp8      the same with DINOv2's linear layers in FP8 (batch 1 and 8), 120 s
-#   train_step     the training step at the paper's size against the original (fp32, autocast), 240 s
+#   train_step     the training step at the paper's size against the original (fp32, autocast): ours as
+#                  configs/segic.py:paper (float32, full-precision matmuls) and paper_bf16, 240 s
 #
 #   bash benchmarks/gpu_checks.sh REFS [STEP ...]     (default: every step)
 #
@@ -47,4 +48,4 @@ step segic_bf16 190 python3 benchmarks/segic_inference.py --original "$REFS/SEGI
 step segic_fp8 120 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
   --arch vitl14 --image-size 896 --dtypes fp8 --batch-sizes 1 8 --episodes 3
 step train_step 240 python3 benchmarks/train_step.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
-  --arch vitl14 --image-size 896 --batch 4 --instances 3 --dtypes bfloat16 --remat-rows 0 --steps 5
+  --arch vitl14 --image-size 896 --batch 4 --instances 3 --dtypes float32 bfloat16 --remat-rows 0 --steps 5

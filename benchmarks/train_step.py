@@ -24,8 +24,10 @@ the point-sampled mask loss (12544 points) -> gradients -> AdamW on the head.
     would reach for). There is no
     DistributedDataParallel wrapper (one device).
   - segic-jax: the jitted `train_step` as the Trainer builds it (mesh shardings, parameters and
-    optimizer state donated), encoder in each --dtypes (the head trains in float32; on GPUs XLA's
-    default precision gives float32 matmuls TF32), text features from a table computed once. Its
+    optimizer state donated), encoder in each --dtypes (the head trains in float32): float32 is
+    configs/segic.py:paper, every matmul at full precision as PyTorch's float32 (no TF32), and
+    bfloat16 is paper_bf16 (XLA's default precision), so the two rows give that switch's cost and
+    its effect on the loss; text features come from a table computed once. Its
     weights are the original's, converted with `python -m segic_jax.convert segic`, and the
     batch uses the instance prompt on both sides, so the first-step losses are comparable; they
     still differ through the random box / cross-instance choices and loss points.
@@ -301,7 +303,7 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     from segic_jax.models import dinov2
     from segic_jax.models.segic import SegicConfig, SegicHead
     from segic_jax.training import step as train_lib
-    from segic_jax.models.encoders import compute_dtype
+    from segic_jax.models.encoders import compute_dtype, matmul_precision
     from segic_jax.training.trainer import BATCH_AXES, encoder_sharding, make_mesh
 
     device = jax.devices()[0]
@@ -329,8 +331,11 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     encoder_state = jax.device_put(encoder_state, encoder_sharding(mesh, encoder_state))
     text_table = jax.device_put(jnp.asarray(text_table), replicated)
     opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+    # float32 is configs/segic.py:paper (every matmul full precision, as PyTorch's float32), bfloat16
+    # is paper_bf16 (bf16 encoders, XLA's default precision): the two rows are the switch's effect
+    options = train_lib.StepOptions(remat_rows=remat_rows, precision=matmul_precision(dtype))
     train_step = jax.jit(
-        functools.partial(train_lib.train_step, head_graph, encoder_graph, tx, options=train_lib.StepOptions(remat_rows=remat_rows)),
+        functools.partial(train_lib.train_step, head_graph, encoder_graph, tx, options=options),
         donate_argnums=(0, 2), out_shardings=(replicated, replicated, replicated),
     )
 

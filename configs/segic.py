@@ -10,11 +10,16 @@ Variants after the colon:
          use, no download) with a small random DINOv2 and CLIP text model, on a CPU in minutes, and
          prints held-out mIoU before and after training and the propagated-mask baseline.
   small  the paper's data and recipe with DINOv2 ViT-S/14 at 448 px (converted weights).
-  paper  the paper's recipe (docs/original.md section 1): DINOv2 ViT-L/14 frozen at 896 px, CLIP
-         ViT-L/14 text, AdamW lr 1e-4 / wd 1e-4, x0.1 after epoch 10 of 12, 80k samples per epoch,
-         global batch 32, the uniform COCO/ADE/COCO/LVIS mixture, reverse context, box prompt p 0.5,
-         cross-instance tokens p 0.5, class-name prompt p 0.75. Datasets built with
-         `python -m segic_jax.data.build ...` into --config.data.data_dir.
+  paper  the original's recipe (docs/original.md section 1): DINOv2 ViT-L/14 frozen at 896 px, CLIP
+         ViT-L/14 text, float32 with full-precision matmuls, the head from PyTorch's default init,
+         AdamW lr 1e-4 / wd 1e-4, x0.1 after epoch 10 of 12, 80k samples per epoch, global batch 32
+         with the loss normalised per group of 4 episodes, the uniform COCO/ADE/COCO/LVIS mixture, up
+         to 19 instances per episode, square-resized semantic references, reverse context, box prompt
+         p 0.5, cross-instance tokens p 0.5, class-name prompt p 0.75. Datasets built with
+         `python -m segic_jax.data.build ...` into --config.data.data_dir (coco20i_semantic with
+         HSNet's lists for the original's COCO training pools).
+  paper_bf16  paper with the frozen encoders in bfloat16 and XLA's default matmul precision: the
+         named deviation that makes a step faster (benchmarks/RESULTS.md has its effect).
 Fields are overridden on the command line, e.g. --config.train.global_batch_size=16. The same
 config serves `--mode correspondence` (image_size, dtype, dinov2, seed).
 """
@@ -27,13 +32,18 @@ PAPER_MIXTURE = (
 )
 
 
+VARIANTS = ("demo", "small", "paper", "paper_bf16")
+
+
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
-    if variant not in ("demo", "small", "paper"):
-        raise ValueError(f"unknown variant {variant!r} of configs/segic.py; choose demo, small or paper")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of configs/segic.py; choose {', '.join(VARIANTS)}")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.image_size = 896  # square model input, a multiple of 14
-    c.dtype = "bfloat16"  # compute dtype of the frozen encoders (the head trains in float32)
+    # compute dtype of the frozen encoders (the head trains in float32); float32 also makes every
+    # matmul of the step full precision, as PyTorch's float32 (bfloat16: XLA's default precision)
+    c.dtype = "float32"
 
     c.dinov2 = ml_collections.ConfigDict()
     c.dinov2.arch = "vitl14"  # used when no checkpoint is given (random weights)
@@ -49,8 +59,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.data.data_dir = "data"  # where the TFDS datasets are built
     c.data.mixture = PAPER_MIXTURE  # name:split:kind[:rule], comma-separated
     c.data.weights = ""  # comma-separated sampling weights; empty: uniform
-    c.data.max_instances = 10  # instance masks per episode (padded)
+    c.data.max_instances = 19  # most instance masks per episode (0..19 drawn, as the original's randint(0, 19))
     c.data.semantic_scale_range = "0.1,2.0"  # large-scale jitter of semantic episodes (docs/original.md 4.2)
+    # the original resizes a semantic reference to a square, ignoring its aspect ratio (4.2); False keeps it
+    c.data.square_reference = True
     c.data.workers = 4  # grain worker processes per host; 0: in-process
     c.data.prefetch = 4  # batches read ahead per process
     c.data.threads = 2  # reading threads per process
@@ -58,6 +70,10 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 32
+    # episodes whose masks normalise the loss together, the groups' losses then averaged: the original
+    # normalises each GPU's 4 episodes by their mask count and averages 8 GPUs' gradients; 0: one batch
+    c.train.loss_group = 4
+    c.train.head_init = "pytorch"  # the original's initialisation (PyTorch defaults); "flax": Flax's
     c.train.samples_per_epoch = 80_000
     c.train.epochs = 12
     c.train.num_steps = 0  # 0: epochs x samples_per_epoch / global_batch_size
@@ -99,7 +115,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.eval.at_start = False  # also evaluate the untrained model
     c.eval.images = True  # write a prediction image at each evaluation
 
-    if variant == "small":
+    if variant == "paper_bf16":
+        c.dtype = "bfloat16"
+    elif variant == "small":
         c.image_size = 448
         c.dinov2.arch = "vits14"
     elif variant == "demo":
@@ -109,7 +127,6 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
         # held-out evaluation asks), mild scale jitter (the paper's 0.1-2.0 would shrink these
         # 168-px scenes to a few pixels), and the paper's step decay over 12 short epochs.
         c.image_size = 168
-        c.dtype = "float32"  # CPUs are slower in bfloat16
         c.dinov2.arch = "vits14"
         c.dinov2.depth = 1
         c.clip.width, c.clip.depth = 64, 1

@@ -68,6 +68,12 @@ def test_untrained_outputs_get_no_update_and_no_weight_decay(rng):
         np.testing.assert_array_equal(md_a["output_hypernetworks_mlps"][i]["layers"][0]["kernel"],
                                       md_b["output_hypernetworks_mlps"][i]["layers"][0]["kernel"])
     np.testing.assert_array_equal(md_a["iou_prediction_head"]["layers"][2]["bias"], md_b["iou_prediction_head"]["layers"][2]["bias"])
+    # SAM's "no mask" embedding is never used (the dense prompt is always given): not decayed either
+    np.testing.assert_array_equal(after["prompt_encoder"]["no_mask_embed"]["embedding"],
+                                  before["prompt_encoder"]["no_mask_embed"]["embedding"])
+    # a parameter that is used, with or without a gradient this step, is decayed
+    assert not np.array_equal(after["prompt_encoder"]["not_a_point_embed"]["embedding"],
+                              before["prompt_encoder"]["not_a_point_embed"]["embedding"])
     assert not np.array_equal(md_a["output_hypernetworks_mlps"][0]["layers"][0]["kernel"],
                               md_b["output_hypernetworks_mlps"][0]["layers"][0]["kernel"])
     # the fixed positional-encoding matrix is not a parameter at all

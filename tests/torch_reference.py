@@ -156,7 +156,7 @@ def sam_modeling():
     return importlib.import_module("segment_anything.modeling")
 
 
-def sam_prompt_encoder(embedding_size: int, input_size: int, strides=(7, 2), seed=0):
+def sam_prompt_encoder(embedding_size: int, input_size: int, strides=(7, 2), seed=0, randomize=True):
     """SAM's PromptEncoder with the dense branch re-strided as SEGIC's CustomPromptEncoder does."""
     modeling = sam_modeling()
     torch.manual_seed(seed)
@@ -170,10 +170,10 @@ def sam_prompt_encoder(embedding_size: int, input_size: int, strides=(7, 2), see
         torch.nn.Conv2d(4, 16, kernel_size=s2, stride=s2), modeling.common.LayerNorm2d(16), torch.nn.GELU(),
         torch.nn.Conv2d(16, 256, kernel_size=1),
     )
-    return randomize_(pe, seed)
+    return randomize_(pe, seed) if randomize else pe
 
 
-def sam_mask_decoder(seed=0):
+def sam_mask_decoder(seed=0, randomize=True):
     modeling = sam_modeling()
     torch.manual_seed(seed)
     decoder = modeling.MaskDecoder(
@@ -181,15 +181,15 @@ def sam_mask_decoder(seed=0):
         transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
         transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
     )
-    return randomize_(decoder, seed)
+    return randomize_(decoder, seed) if randomize else decoder
 
 
 class TorchSegicHead(torch.nn.Module):
     """SEGIC's trainable head with the reference's attribute names (its state_dict is the released
     checkpoint's layout) and a transcription of its inference decode (docs/original.md 2.4), written
-    from the spec with SAM's own modules."""
+    from the spec with SAM's own modules. randomize=False keeps PyTorch's default initialisation."""
 
-    def __init__(self, vision_dim=1024, text_dim=768, grid=64, image_size=896, strides=(7, 2), seed=0):
+    def __init__(self, vision_dim=1024, text_dim=768, grid=64, image_size=896, strides=(7, 2), seed=0, randomize=True):
         super().__init__()
         modeling = sam_modeling()
         torch.manual_seed(seed)
@@ -198,12 +198,13 @@ class TorchSegicHead(torch.nn.Module):
             torch.nn.Conv2d(vision_dim, 256, 1, bias=False), modeling.common.LayerNorm2d(256),
             torch.nn.Conv2d(256, 256, 3, padding=1, bias=False), modeling.common.LayerNorm2d(256),
         )
-        self.prompt_encoder = sam_prompt_encoder(grid, image_size, strides, seed)
-        self.mask_decoder = sam_mask_decoder(seed)
+        self.prompt_encoder = sam_prompt_encoder(grid, image_size, strides, seed, randomize)
+        self.mask_decoder = sam_mask_decoder(seed, randomize)
         self.inst_type_embed = torch.nn.Embedding(2, 256)
         self.prompt_proj = torch.nn.Linear(text_dim, 256)
         self.inst_proj = torch.nn.Linear(vision_dim, 256)
-        randomize_(self, seed + 1)
+        if randomize:
+            randomize_(self, seed + 1)
 
     @torch.no_grad()
     def decode_one(self, target_feat, ref_feats, text, boxes=None, cross=True):

@@ -8,7 +8,8 @@ p, p + P, ..., yields exactly its share of the single-process stream, whatever t
 
 Instance episodes (4.4): two independently augmented views of one image (random resized crop,
 colour jitter, horizontal flip); instances visible in both views are matched by index; a random
-number of them (0..max_instances, falling back to the first annotation) is kept.
+number of them (uniform in 0..max_instances, falling back to the first annotation when none) is
+kept; the original draws randint(0, 19), i.e. max_instances 19.
 Semantic episodes (4.3): a target and a reference image containing the same class (sampled
 class-first as for COCO, or image-first as for ADE20K), each flipped (p 0.5) and scale-jittered
 (0.1-2.0, crop and pad) independently; one mask, the class name as text. `InstanceClassSampler`
@@ -47,8 +48,8 @@ class InstanceAugment:
 class SemanticAugment:
     flip_p: float = 0.5
     scale_range: tuple[float, float] = (0.1, 2.0)
-    # The reference resizes the reference view to an s x s square, distorting it (docs/original.md
-    # 4.2, a bug); off unless asked for.
+    # The original resizes the reference view to an s x s square, ignoring its aspect ratio
+    # (docs/original.md 4.2): config data.square_reference, on in the paper recipe.
     square_reference: bool = False
 
 
@@ -137,6 +138,8 @@ class SemanticSampler:
     rule "class": class uniform over classes, then two of its images (COCO-semantic);
     rule "image": image uniform, class uniform among its classes, then another image with it
     (ADE20K). A reference must differ from the target unless the class occurs in one image only.
+    An image counts for the classes of its `pool_classes` (COCO: HSNet's training lists, the union
+    of their four folds, when the dataset was built with them).
     """
 
     def __init__(self, source, class_names: Sequence[str], size: int, max_instances: int, rule: str,
@@ -158,7 +161,7 @@ class SemanticSampler:
             raise ValueError("no image of the semantic source contains a usable class")
 
     def _classes(self, example) -> list[int]:
-        return [int(c) for c in example["classes"]]
+        return [int(c) for c in example["pool_classes"]]  # HSNet's lists for COCO when built with them
 
     def _image_and_mask(self, example, cls) -> tuple[np.ndarray, np.ndarray]:
         data = decode_semantic(example)
@@ -299,7 +302,7 @@ def mixture_samplers(data_dir: str, size: int, max_instances: int, parts=PAPER_M
     for name, split, kind, rule in parts:
         source = data_source(name, split, data_dir)
         if kind == "semantic":
-            samplers.append(SemanticSampler(source, class_names(name, data_dir), size, max_instances, rule, semantic_aug))
+            samplers.append(SemanticSampler(source, class_names(name), size, max_instances, rule, semantic_aug))
         elif kind == "instance":
             samplers.append(InstanceSampler(source, size, max_instances, instance_aug))
         elif kind == "class":

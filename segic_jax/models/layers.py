@@ -7,12 +7,36 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
 class Buffer(nnx.Variable):
     """A fixed array that travels with the checkpoint but is never trained (SAM's random
     positional-encoding matrix)."""
+
+
+def pytorch_default_init(module: nnx.Module, key: jax.Array) -> nnx.Module:
+    """Re-draw every Linear, Conv and Embed parameter of `module` (in place) as PyTorch's default
+    initialisers draw them, which is what the original trains its head from (docs/original.md 1):
+    Linear and Conv weights and biases ~ U(+-1/sqrt(fan_in)), fan_in = inputs x kernel area (Flax's
+    defaults are LeCun-normal weights and zero biases); Embed ~ N(0, 1) (Flax: std 1/sqrt(dim)).
+    ConvTranspose2x2 draws PyTorch's init itself; LayerNorms are ones and zeros in both."""
+    keys = iter(jax.random.split(key, 4096))
+
+    def uniform(param: nnx.Param, bound: float) -> None:
+        param.set_value(jax.random.uniform(next(keys), param.shape, param.dtype, -bound, bound))
+
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, (nnx.Linear, nnx.Conv)):
+            # kernels: Linear (in, out), Conv (kh, kw, in / groups, out)
+            bound = 1.0 / float(np.prod(node.kernel.shape[:-1])) ** 0.5
+            uniform(node.kernel, bound)
+            if node.bias is not None:
+                uniform(node.bias, bound)
+        elif isinstance(node, nnx.Embed):
+            node.embedding.set_value(jax.random.normal(next(keys), node.embedding.shape, node.embedding.dtype))
+    return module
 
 
 def layer_norm_2d(channels: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:

@@ -44,6 +44,10 @@ def _choice(options) -> Callable[[Any], str | None]:
     return rule
 
 
+def _bool(v):
+    return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
+
+
 def _image_size(v):
     problem = _int(14)(v)
     return problem or (None if v % 14 == 0 else f"must be a multiple of 14 (DINOv2's patch), got {v}")
@@ -95,6 +99,9 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "train.oversample": _float(1.0),
     "train.importance": PROBABILITY,
     "train.remat_rows": _int(0),
+    "train.loss_group": _int(0),
+    "train.head_init": _choice(("pytorch", "flax")),
+    "data.square_reference": _bool,
     "mesh.fsdp": _int(1),
     "checkpoint.every_steps": _int(0),
     "checkpoint.keep": _int(1),
@@ -124,6 +131,9 @@ def check(config) -> None:
         if problem:
             raise ValueError(f"config.{field} {problem}")
     c = config.train
+    if c.loss_group and c.global_batch_size % c.loss_group:
+        raise ValueError(f"config.train.global_batch_size {c.global_batch_size} is not a multiple of "
+                         f"config.train.loss_group {c.loss_group} (episodes whose masks normalise the loss together)")
     if c.samples_per_epoch < c.global_batch_size:
         raise ValueError(f"config.train.samples_per_epoch {c.samples_per_epoch} is less than one global batch "
                          f"(config.train.global_batch_size {c.global_batch_size})")

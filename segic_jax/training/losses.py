@@ -4,7 +4,9 @@ PointRend-style, 75% of them where the prediction is most uncertain.
 Logits (N, h, w) are the decoder's low-resolution masks, labels (N, H, W) the binary targets in
 the same padded frame: normalised point coordinates make the two resolutions agree. Padded
 instances are excluded with `valid` (N,), and the losses are normalised by the number of valid
-masks, as the reference normalises by its (unpadded) mask count.
+masks, as the reference normalises by its (unpadded) mask count. The reference counts the masks of
+each GPU's 4 episodes and averages the GPUs' gradients: `groups` splits the N rows into that many
+equal, consecutive groups, normalises each by its own count and averages the groups.
 """
 
 from __future__ import annotations
@@ -72,22 +74,30 @@ class MaskLoss(NamedTuple):
         return self.loss_mask + self.loss_dice
 
 
-def point_losses(point_logits: jax.Array, point_labels: jax.Array, valid: jax.Array) -> MaskLoss:
-    """Cross-entropy (mean over points) and dice (smoothing 1) per mask, summed over valid masks
-    and divided by their count. (N, P), (N, P), (N,) bool."""
-    weight = valid.astype(jnp.float32)
-    count = jnp.maximum(weight.sum(), 1.0)
+def point_losses(point_logits: jax.Array, point_labels: jax.Array, valid: jax.Array, groups: int = 1) -> MaskLoss:
+    """Cross-entropy (mean over points) and dice (smoothing 1) per mask, summed over the valid masks
+    of each of `groups` consecutive groups of rows, divided by that group's count, and averaged over
+    the groups. (N, P), (N, P), (N,) bool; N a multiple of `groups`."""
+    if valid.shape[0] % groups:
+        raise ValueError(f"{valid.shape[0]} masks do not split into {groups} equal groups")
+    weight = valid.astype(jnp.float32).reshape(groups, -1)
+    count = jnp.maximum(weight.sum(1), 1.0)
     ce = jnp.mean(
         jnp.maximum(point_logits, 0) - point_logits * point_labels + jnp.log1p(jnp.exp(-jnp.abs(point_logits))), axis=1
     )
     probs = jax.nn.sigmoid(point_logits)
     dice = 1 - (2 * (probs * point_labels).sum(1) + 1) / (probs.sum(1) + point_labels.sum(1) + 1)
-    return MaskLoss(loss_mask=(ce * weight).sum() / count, loss_dice=(dice * weight).sum() / count)
+
+    def normalised(per_mask):
+        return jnp.mean((per_mask.reshape(groups, -1) * weight).sum(1) / count)
+
+    return MaskLoss(loss_mask=normalised(ce), loss_dice=normalised(dice))
 
 
-def mask_loss(key: jax.Array, logits: jax.Array, labels: jax.Array, valid: jax.Array, **sampling) -> MaskLoss:
+def mask_loss(key: jax.Array, logits: jax.Array, labels: jax.Array, valid: jax.Array, groups: int = 1,
+              **sampling) -> MaskLoss:
     """The full loss: sample points on `logits` (N, h, w), read logits and (soft, bilinear) labels
-    (N, H, W) there, and combine. valid (N,) bool."""
+    (N, H, W) there, and combine (`point_losses`). valid (N,) bool."""
     coords = sample_points(key, logits, **sampling)
     point_labels = point_sample(labels.astype(jnp.float32), coords)
-    return point_losses(point_sample(logits.astype(jnp.float32), coords), point_labels, valid)
+    return point_losses(point_sample(logits.astype(jnp.float32), coords), point_labels, valid, groups)

@@ -25,10 +25,12 @@ from segic_jax.ops.correspondence import masked_mean_features
 from segic_jax.ops.resize import resize
 from segic_jax.training import losses
 
-# The single-mask head never reads these outputs, so they get no gradient in the reference and
-# AdamW leaves them untouched there (no weight decay either); the same here.
+# The single-mask head never reads these outputs, and the dense prompt is always given, so SAM's
+# "no mask" embedding is never used: they get no gradient in the reference and AdamW leaves them
+# untouched there (no weight decay either); the same here.
 NO_GRADIENT = ("mask_decoder.output_hypernetworks_mlps.1", "mask_decoder.output_hypernetworks_mlps.2",
-               "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head")
+               "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head",
+               "prompt_encoder.no_mask_embed")
 
 
 def optimizer(learning_rate, weight_decay: float = 1e-4) -> optax.GradientTransformation:
@@ -61,6 +63,11 @@ class StepOptions:
     oversample: float = losses.OVERSAMPLE
     importance: float = losses.IMPORTANCE
     remat_rows: int = 0  # > 0: decode in chunks of this many rows, recomputed in the backward pass
+    # episodes whose masks are counted together to normalise the loss (the reference: each GPU's
+    # 4; the groups' losses are then averaged, as DDP averages the GPUs' gradients); 0: the batch
+    loss_group: int = 0
+    # matmul precision of the step ("highest": PyTorch's float32, no TF32 on GPUs; "default": XLA's)
+    precision: str = "default"
 
 
 class StepOutput(NamedTuple):
@@ -83,9 +90,12 @@ def _pass(head: SegicHead, options: StepOptions, key, target_feats, ref_inst, va
     cross = jax.random.uniform(k_cross, (b,)) < options.cross_prob
     out = head.decode(target_feats, ref_inst, valid, text, mask_boxes(target_masks), use_box, cross, options.remat_rows)
     n = out.low_res.shape[0] * out.low_res.shape[1]
+    if options.loss_group and b % options.loss_group:
+        raise ValueError(f"a batch of {b} episodes does not split into loss groups of {options.loss_group}")
     loss = losses.mask_loss(
         k_loss, out.low_res.reshape((n,) + out.low_res.shape[2:]),
         target_masks.reshape((n,) + target_masks.shape[2:]), valid.reshape(n),
+        groups=b // options.loss_group if options.loss_group else 1,
         num_points=options.num_points, oversample=options.oversample, importance=options.importance,
     )
     return loss, out.low_res
@@ -137,6 +147,7 @@ def train_step(head_graph, encoder_graph, tx: optax.GradientTransformation, para
         out = loss_fn(nnx.merge(head_graph, p, rest), encoder, text_table, batch, key, options)
         return out.loss, out
 
-    (_, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    with jax.default_matmul_precision(options.precision):
+        (_, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, out

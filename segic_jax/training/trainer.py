@@ -41,7 +41,10 @@ from segic_jax.conversion.clip_text import TOKENIZER_FILES
 from segic_jax.conversion.core import find_files
 from segic_jax.data.sources import text
 from segic_jax.models import clip_text, dinov2
-from segic_jax.models.encoders import INSTANCE_PROMPT, build_encoder, build_text_encoder, class_prompt, encode_prompts
+from segic_jax.models.encoders import (
+    INSTANCE_PROMPT, build_encoder, build_text_encoder, class_prompt, compute_dtype, encode_prompts, matmul_precision,
+)
+from segic_jax.models.layers import pytorch_default_init
 from segic_jax.models.segic import SegicConfig, SegicHead
 from segic_jax.training import checks, step as train_lib, workdir as workdir_lib
 from segic_jax.training.writer import MetricWriter
@@ -197,6 +200,8 @@ class Trainer:
         self.encoder, enc_note = build_encoder(c)
         self.text_model, self.tokenizer, text_note = build_text_encoder(c)
         self.head = SegicHead(head_config(c, self.encoder, self.text_model), rngs=nnx.Rngs(c.seed + 2))
+        if c.train.head_init == "pytorch":  # what the original trains from (docs/original.md 1)
+            pytorch_default_init(self.head, jax.random.key(c.seed + 3))
         self.notes = {"dinov2": enc_note, "clip_text": text_note}
 
         # data
@@ -212,7 +217,7 @@ class Trainer:
             raise ValueError(f"config.data.semantic_scale_range must be 'low,high' with 0 < low <= high, got {c.data.semantic_scale_range!r}")
         self.samplers = episodes.mixture_samplers(
             self.data_dir, c.image_size, c.data.max_instances, parts,
-            semantic_aug=episodes.SemanticAugment(scale_range=scale),
+            semantic_aug=episodes.SemanticAugment(scale_range=scale, square_reference=c.data.square_reference),
         )
         self.dataset = episodes.episode_stream(
             self.samplers, batch_size=self.local_batch, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
@@ -234,7 +239,8 @@ class Trainer:
         self.options = train_lib.StepOptions(
             box_prob=c.train.box_prob, cross_prob=c.train.cross_prob, reverse_context=c.train.reverse_context,
             num_points=c.train.num_points, oversample=c.train.oversample, importance=c.train.importance,
-            remat_rows=c.train.remat_rows,
+            remat_rows=c.train.remat_rows, loss_group=c.train.loss_group,
+            precision=matmul_precision(compute_dtype(c.dtype, "config.dtype")),
         )
         self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
         self.encoder_graph, encoder_state = nnx.split(self.encoder)

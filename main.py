@@ -122,9 +122,7 @@ def load_predictor(checkpoint: str, dtype: str, batch_size: int):
     from segic_jax import pretrained
     from segic_jax.inference.predictor import Predictor
 
-    if not os.path.exists(checkpoint) and checkpoint in pretrained.RELEASES:
-        checkpoint = pretrained.pretrained_dir(checkpoint)
-    return Predictor.from_checkpoint(checkpoint, dtype=dtype, batch_size=batch_size)
+    return Predictor.from_checkpoint(pretrained.checkpoint_path(checkpoint), dtype=dtype, batch_size=batch_size)
 
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")

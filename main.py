@@ -5,6 +5,7 @@ r"""segic-jax entry point.
     python main.py --mode eval --config configs/eval.py:paper --workdir out/eval --config.checkpoint=...
     python main.py --mode predict --checkpoint ckpt/segic --workdir out/ \
         --reference ref.jpg --reference_mask ref.png --target photos/
+    python main.py --mode serve --checkpoint ckpt/segic
 
 --mode train (default) trains SEGIC as the config says (configs/segic.py; the default `demo`
 variant trains on the built-in synthetic dataset on a CPU in minutes); it resumes from the
@@ -18,6 +19,9 @@ SEGIC's dense and point prompts.
 --mode predict segments the target image (or every image of a folder, e.g. a video's frames) with
 a converted SEGIC checkpoint, streaming: reading, the device and writing overlap; see
 segic_jax/inference/predict.py for what it writes (--outputs) and --batch_size.
+--mode serve starts the interactive page (segic_jax/serve.py) at http://127.0.0.1:7860: references
+with painted or uploaded masks, several targets, overlays, propagated masks and mask files; without
+--checkpoint it serves the demo model that the first command above trains (/tmp/segic_demo/export).
 """
 
 import os
@@ -28,27 +32,30 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "configuration file, e.g. configs/segic.py:demo", lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for outputs")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "correspondence", "predict"], "what to run")
+flags.DEFINE_string("workdir", None, "directory for outputs (every mode but serve)")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "correspondence", "predict", "serve"], "what to run")
 flags.DEFINE_string(
     "checkpoint", None,
-    "predict: a converted SEGIC directory (python -m segic_jax.convert segic), or a release name "
-    "(segic_dinov2_l_80kx12e, segic_dinov2_l_160kx12e: fetched and converted once into ~/.cache/segic_jax)",
+    "predict, serve: a converted SEGIC directory (python -m segic_jax.convert segic), or a release name "
+    "(segic_dinov2_l_80kx12e, segic_dinov2_l_160kx12e: fetched and converted once into ~/.cache/segic_jax); "
+    "serve without it: the demo export /tmp/segic_demo/export",
 )
 flags.DEFINE_multi_string("reference", [], "predict: a reference image (repeat for several)")
 flags.DEFINE_multi_string("reference_mask", [], "predict: the mask of each --reference, in the same order")
 flags.DEFINE_multi_string("class_name", [], "predict: class of each --reference (same name = shots of one class)")
 flags.DEFINE_string("target", None, "predict: target image or folder of images")
 flags.DEFINE_bool("instance_prompt", False, "predict: use SEGIC's instance prompt instead of class names")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict: compute dtype of the encoders and head")
-flags.DEFINE_integer("batch_size", 2, "predict: targets per device batch (larger keeps an accelerator busier)", lower_bound=1)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict, serve: compute dtype of the encoders and head")
+flags.DEFINE_integer("batch_size", 2, "predict, serve: targets per device batch (larger keeps an accelerator busier)", lower_bound=1)
 flags.DEFINE_list("outputs", ["masks", "overlay", "propagated"], "predict: files to write per target (masks, overlay, propagated)")
 flags.DEFINE_string(
     "compilation_cache", "~/.cache/segic_jax/xla",
     "JAX's persistent compilation cache: compiled programs are kept here and reused by later runs ('' = off; "
     "JAX_COMPILATION_CACHE_DIR, when set, takes precedence)",
 )
-flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every interface)")
+flags.DEFINE_integer("port", 7860, "serve: port of the page", lower_bound=1, upper_bound=65535)
+flags.DEFINE_bool("share", False, "serve: also a public link through Gradio's servers")
 
 
 def usage_error(message: str) -> None:
@@ -65,6 +72,23 @@ def main(argv):
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
+    if FLAGS.mode == "serve":
+        from segic_jax import serve
+
+        if FLAGS.workdir:
+            usage_error("--mode serve writes no files: drop --workdir (the model is --checkpoint)")
+        try:
+            serve.serve(FLAGS.checkpoint, host=FLAGS.host, port=FLAGS.port, share=FLAGS.share, dtype=FLAGS.dtype,
+                        batch_size=FLAGS.batch_size)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:  # while the model loads; once serving, Ctrl-C closes the page and returns
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        return
+    if not FLAGS.workdir:
+        usage_error(f"--mode {FLAGS.mode} needs --workdir, the folder for its outputs")
     if FLAGS.mode == "predict":
         from segic_jax.inference import predict
 
@@ -122,9 +146,7 @@ def load_predictor(checkpoint: str, dtype: str, batch_size: int):
     from segic_jax import pretrained
     from segic_jax.inference.predictor import Predictor
 
-    if not os.path.exists(checkpoint) and checkpoint in pretrained.RELEASES:
-        checkpoint = pretrained.pretrained_dir(checkpoint)
-    return Predictor.from_checkpoint(checkpoint, dtype=dtype, batch_size=batch_size)
+    return Predictor.from_checkpoint(pretrained.checkpoint_path(checkpoint), dtype=dtype, batch_size=batch_size)
 
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")

@@ -190,6 +190,14 @@ def pretrained_dir(name: str = DEFAULT, *, cache_dir: str | None = None, image_s
     return out
 
 
+def checkpoint_path(checkpoint: str) -> str:
+    """What `--checkpoint` names: a converted directory as given, or a release's directory (fetched
+    and converted once) when no such path exists and the name is a release."""
+    if not os.path.exists(checkpoint) and checkpoint in RELEASES:
+        return pretrained_dir(checkpoint)
+    return checkpoint
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segic_jax.pretrained",

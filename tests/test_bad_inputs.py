@@ -22,6 +22,7 @@ MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
 CONVERT = [sys.executable, "-m", "segic_jax.convert"]
 BUILD = [sys.executable, "-m", "segic_jax.data.build"]
 PRETRAINED = [sys.executable, "-m", "segic_jax.pretrained"]
+SERVE = [sys.executable, "-m", "segic_jax.serve"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def cases(f, tmp):
         ("not_a_number", [*train, "--workdir", w, "--config.train.num_steps=abc"], 2, r"--config\.train\.num_steps=abc", [w]),
         ("unknown_flag", [*MAIN, "--workdir", w, "--nonsense"], 2, r"Unknown command line flag 'nonsense'", [w]),
         ("no_config", [*MAIN, "--workdir", w], 2, r"--mode train needs --config", [w]),
+        ("no_workdir", [*train], 2, r"--mode train needs --workdir", []),
         ("workdir_is_file", [*train, "--workdir", str(f / "a_file")], 1, r"a_file is a file", []),
         ("workdir_busy", [*train, "--workdir", str(f / "busy_workdir")], 1, rf"busy_workdir is in use by process {os.getpid()}", []),
         ("missing_dataset", [*MAIN, "--config", os.path.join(ROOT, "configs", "segic.py:paper"), "--workdir", w,
@@ -103,6 +105,10 @@ def cases(f, tmp):
         ("missing_checkpoint", [*predict, *good], 1, r"no_ckpt is not a converted SEGIC checkpoint", [str(tmp / "p")]),
         ("batch_size_zero", [*predict, *good, "--batch_size", "0"], 2, r"--batch_size=0: 0 is not a positive integer", [str(tmp / "p")]),
         ("predict_needs_target", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(tmp / "p")], 2, r"--mode predict needs --checkpoint and --target", [str(tmp / "p")]),
+        # the page: the model is checked before Gradio or a server starts
+        ("serve_missing_checkpoint", [*MAIN, "--mode", "serve", "--checkpoint", str(tmp / "no_ckpt")], 1, r"no_ckpt is not a converted SEGIC checkpoint", []),
+        ("serve_module_missing_checkpoint", [*SERVE, "--checkpoint", str(tmp / "no_ckpt")], 1, r"no_ckpt is not a converted SEGIC checkpoint", []),
+        ("serve_with_workdir", [*MAIN, "--mode", "serve", "--workdir", w], 2, r"--mode serve writes no files: drop --workdir", [w]),
         # conversion
         ("convert_missing_src", [*CONVERT, "dinov2", "--src", str(f / "nope.pth"), "--out", out], 1, r"--src .*nope\.pth does not exist", [out]),
         ("convert_out_is_file", [*CONVERT, "dinov2", "--src", str(f / "random.pth"), "--out", str(f / "a_file"), "--overwrite"], 1, r"--out .*a_file is a file", []),

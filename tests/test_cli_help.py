@@ -22,7 +22,8 @@ def test_main_help_keeps_its_examples_and_exits_0():
         assert result.returncode == 0, result.stderr
         # the multi-line example stays two lines, with its continuation
         assert "--workdir out/ \\\n        --reference ref.jpg" in result.stdout
-        assert "<train|eval|correspondence|predict>" in result.stdout and "--checkpoint" in result.stdout
+        assert "<train|eval|correspondence|predict|serve>" in result.stdout and "--checkpoint" in result.stdout
+        assert "--port" in result.stdout and "--[no]share" in result.stdout
 
 
 def test_build_help_lists_every_dataset_and_the_default_data_dir():

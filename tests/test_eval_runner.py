@@ -13,14 +13,12 @@ import pytest
 from PIL import Image
 
 from fake_datasets import write_ade, write_fss, write_lvis, build_args, fake_splits
-from segic_jax import checkpoints
+from tiny_checkpoint import save_tiny_checkpoint
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_image, decode_instances, decode_semantic
 from segic_jax.evaluation import runner
 from segic_jax.inference.predictor import Context, Prediction, Predictor
-from segic_jax.models import clip_text, dinov2
-from segic_jax.models.segic import SegicConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = "synthetic_incontext/tiny"
@@ -35,33 +33,6 @@ def _eval_config(variant):
 
 def _key(image):
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-def _random_params(kind, config, rng):
-    """Random weights from the parameter shapes alone (building the modules eagerly is slower)."""
-    out = {}
-    for name, shape in checkpoints.param_shapes(kind, config).items():
-        if name.endswith("scale"):
-            out[name] = np.ones(shape, np.float32)
-        else:
-            fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-            out[name] = (rng.normal(0, 1 / np.sqrt(fan_in), shape) * (0.1 if name.endswith("bias") else 1)).astype(np.float32)
-    return out
-
-
-def _save_tiny_checkpoint(path):
-    """A converted-checkpoint directory (head/, dinov2/, clip_text/) of a tiny random SEGIC at 112 px."""
-    rng = np.random.default_rng(0)
-    dino = dinov2.dinov2_config("vits14", depth=1, embed_dim=32, num_heads=2, pos_grid=8)
-    vocab = clip_text.write_vocab(os.path.join(path + "_vocab"))
-    text = clip_text.ClipTextConfig(vocab_size=len(clip_text.byte_vocab()), width=16, depth=1, num_heads=2, mlp_dim=32,
-                                    eos_token_id=len(clip_text.byte_vocab()) - 1)
-    head = SegicConfig(vision_dim=32, text_dim=16, image_size=112)
-    checkpoints.save_model(os.path.join(path, "dinov2"), "dinov2", dino, _random_params("dinov2", dino, rng))
-    checkpoints.save_model(os.path.join(path, "clip_text"), "clip_text", text, _random_params("clip_text", text, rng),
-                           extra_files={n: os.path.join(vocab, n) for n in ("vocab.json", "merges.txt")})
-    checkpoints.save_model(os.path.join(path, "head"), "segic_head", head, _random_params("segic_head", head, rng))
-    return path
 
 
 def _write_ade_with_void(root, rng):
@@ -89,7 +60,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return _save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_segic") / "ckpt"))
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_segic") / "ckpt"))
 
 
 @pytest.fixture(scope="module")

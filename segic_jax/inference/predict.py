@@ -56,14 +56,21 @@ def build_context_inputs(references: Sequence[str], masks: Sequence[str], class_
         image = load_image(ref)
         images.append(image)
         single.append(load_mask(mask, image.shape[:2], ref))
-    concepts = list(dict.fromkeys(class_names)) if class_names else list(range(len(references)))
-    keys = class_names if class_names else list(range(len(references)))
+    return (images, *concept_stacks(single, class_names))
+
+
+def concept_stacks(masks: Sequence[np.ndarray], class_names: Sequence[str] = ()) -> tuple[list[np.ndarray], list | None]:
+    """One (H, W) mask per reference -> per-reference (K, H, W) stacks and the K concept names (None
+    without names). References with the same class name are shots of one concept; without class
+    names every reference is its own concept."""
+    concepts = list(dict.fromkeys(class_names)) if class_names else list(range(len(masks)))
+    keys = class_names if class_names else list(range(len(masks)))
     stacks = []
-    for image, mask, key in zip(images, single, keys):
-        stack = np.zeros((len(concepts),) + image.shape[:2], bool)
+    for mask, key in zip(masks, keys):
+        stack = np.zeros((len(concepts),) + mask.shape, bool)
         stack[concepts.index(key)] = mask
         stacks.append(stack)
-    return images, stacks, (concepts if class_names else None)
+    return stacks, (concepts if class_names else None)
 
 
 OUTPUTS = ("masks", "overlay", "propagated")
@@ -163,31 +170,51 @@ def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
         return path, None, str(e)
 
 
-def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
-           labels: Sequence[str] | None = None) -> list[str]:
-    """The files of one target. `labels` name the concepts (legend of the overlay, title of each
-    heatmap); without them a single concept goes unlabelled and several are "concept j"."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+class Pictures(NamedTuple):
+    """What a prediction shows for one target, at the target's size."""
+
+    masks: list  # (H, W) uint8 0/255 per concept
+    overlay: np.ndarray | None  # (H, W, 3) uint8: every concept's mask tinted and outlined, with a legend
+    propagated: list  # (H, W, 3) uint8 per concept: the propagated mask as a JET heatmap, its point marked
+
+
+def render(image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS, labels: Sequence[str] | None = None) -> Pictures:
+    """The pictures of one target that `outputs` names (the others are empty). `labels` name the
+    concepts (legend of the overlay, title of each heatmap); without them a single concept goes
+    unlabelled and several are "concept j"."""
     k = len(pred.masks)
     names = list(labels) if labels else ([f"concept {j}" for j in range(k)] if k > 1 else [])
-    written = []
-    overlay = image.copy()
-    for j, mask in enumerate(pred.masks):
-        if "masks" in outputs:
-            written.append(os.path.join(out_dir, f"{stem}_mask{j}.png"))
-            files.write_png(written[-1], mask.astype(np.uint8) * 255)
-        if "overlay" in outputs:
-            overlay = visualize.mask_overlay(overlay, mask, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
-        if "propagated" in outputs:
-            heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
-            title = f"{names[j]}: " if names else ""
-            heat = visualize.with_legend(heat, [(f"{title}propagated mask (red high), point prompt", (255, 255, 255))])
-            written.append(os.path.join(out_dir, f"{stem}_propagated{j}.png"))
-            files.write_png(written[-1], heat)
+    colours = [tuple(int(c) for c in PALETTE[j % len(PALETTE)]) for j in range(k)]
+    masks = [m.astype(np.uint8) * 255 for m in pred.masks] if "masks" in outputs else []
+    overlay = None
     if "overlay" in outputs:
-        if names:
-            overlay = visualize.with_legend(overlay, [(n, tuple(int(c) for c in PALETTE[j % len(PALETTE)]))
-                                                      for j, n in enumerate(names)])
-        written.append(os.path.join(out_dir, f"{stem}_overlay.png"))
-        files.write_png(written[-1], overlay)
+        overlay = image.copy()
+        for mask, colour in zip(pred.masks, colours):
+            overlay = visualize.mask_overlay(overlay, mask, colour)
+        overlay = visualize.with_legend(overlay, list(zip(names, colours)))
+    propagated = []
+    for j in range(k) if "propagated" in outputs else ():
+        heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
+        title = f"{names[j]}: " if names else ""
+        propagated.append(visualize.with_legend(heat, [(f"{title}propagated mask (red high), point prompt", (255, 255, 255))]))
+    return Pictures(masks, overlay, propagated)
+
+
+def file_names(stem: str, pictures: Pictures) -> list[tuple[str, np.ndarray]]:
+    """(file name, picture) of each picture: STEM_mask{j}.png, STEM_overlay.png, STEM_propagated{j}.png."""
+    named = [(f"{stem}_mask{j}.png", m) for j, m in enumerate(pictures.masks)]
+    named += [(f"{stem}_propagated{j}.png", p) for j, p in enumerate(pictures.propagated)]
+    if pictures.overlay is not None:
+        named.append((f"{stem}_overlay.png", pictures.overlay))
+    return named
+
+
+def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
+           labels: Sequence[str] | None = None) -> list[str]:
+    """The files of one target (see `render`)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    written = []
+    for name, picture in file_names(stem, render(image, pred, outputs, labels)):
+        written.append(os.path.join(out_dir, name))
+        files.write_png(written[-1], picture)
     return written

@@ -1,0 +1,401 @@
+r"""The interactive page: in-context segmentation in a browser (Gradio).
+
+    python main.py --mode serve --checkpoint ckpt/segic      # then open http://127.0.0.1:7860
+    python -m segic_jax.serve --checkpoint ckpt/segic --host 0.0.0.0 --port 8080
+    python main.py --mode serve                              # the demo model of the README's set-up command
+
+Upload up to three reference images, paint over what to find in each (or upload its mask), optionally
+name its class, upload one or more targets and press Segment. Each target comes back with its masks
+tinted over it, the propagated mask of each concept as a heatmap with its point prompt, and the binary
+masks as PNG files to download: the predict command's pictures (`predict.render`), made from the same
+context (`predict.concept_stacks`: references with the same class name are shots of one concept;
+without names each reference is its own concept).
+
+The references are encoded once: the context is cached under a hash of the reference images, masks
+and names, so changing only the targets decodes them against the cached context (the page and the
+log say "context reused"). Without --checkpoint the page serves the demo export that the README's
+first set-up command trains into /tmp/segic_demo (random-weight encoders, a head trained on synthetic
+shapes: it segments shapes like those of "Load a synthetic example", not photos).
+
+Gradio is imported only when the page is built: reading uploads, the context cache and the pictures
+are plain Python (`Session`, `read_inputs`), and model or inference code never imports Gradio. The page
+runs with Gradio's analytics off and fetches nothing from the internet; --share (a public link through
+Gradio's servers) is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from segic_jax import files
+from segic_jax.data.images import load_image, load_mask
+from segic_jax.inference import predict
+from segic_jax.inference.predictor import Context, Predictor
+from segic_jax.models.encoders import DTYPES
+
+MAX_REFERENCES = 3
+DEMO_WORKDIR = "/tmp/segic_demo"  # where the README's set-up command trains the demo
+DEMO_EXPORT = os.path.join(DEMO_WORKDIR, "export")
+DEMO_COMMAND = f"python main.py --config configs/segic.py --workdir {DEMO_WORKDIR}"
+DEFAULT_PORT = 7860
+KEPT_RUNS = 16  # output folders of earlier presses kept for their download links
+EDITOR_CANVAS = (800, 800)  # (W, H) of the editor's canvas before an upload; painting on it sends it white
+
+
+class Reference(NamedTuple):
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) bool, not empty
+    name: str  # class name, "" for none
+
+
+class Target(NamedTuple):
+    stem: str  # file name without suffix, unique within a press
+    image: np.ndarray  # (H, W, 3) uint8
+
+
+class Result(NamedTuple):
+    status: str  # one line: whether the context was encoded or reused, and the times
+    overlays: list  # [(picture (H, W, 3), caption)] per target
+    propagated: list  # [(picture (H, W, 3), caption)] per target and concept
+    mask_files: list  # [path] STEM_mask{j}.png, 0/255 at the target's size
+
+
+# --- reading what the page sends ----------------------------------------------------------
+
+
+def _named_errors(load, path: str, *args):
+    """`load(path, *args)` with the upload's temporary folder cut from any message (the user knows
+    the file by its name)."""
+    try:
+        return load(path, *args)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(str(e).replace(path, os.path.basename(path))) from None
+
+
+def _editor_layers(value, index: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """An ImageEditor value ({"background", "layers", "composite"} of numpy arrays) -> the reference
+    image and the painted mask (alpha > 127 in any layer). The image is None when nothing was
+    uploaded: Gradio then sends no background, or, once painted on, its blank white canvas."""
+    value = value or {}
+    if value.get("background") is None:
+        return None, np.zeros((0, 0), bool)
+    background = np.asarray(value["background"])
+    image = np.repeat(background[..., None], 3, -1) if background.ndim == 2 else background[..., :3]
+    painted = np.zeros(image.shape[:2], bool)
+    for layer in (np.asarray(x) for x in value.get("layers") or []):  # (H, W, 4): the editor's image_mode is RGBA
+        if layer.shape[:2] != image.shape[:2]:
+            raise ValueError(f"reference {index}: the painting is {layer.shape[1]}x{layer.shape[0]} but the image is "
+                             f"{image.shape[1]}x{image.shape[0]}; upload the image again and repaint")
+        painted |= layer[..., 3] > 127
+    blank = image.shape[1::-1] == EDITOR_CANVAS and (image == 255).all()
+    return (None if blank else np.ascontiguousarray(image, np.uint8)), painted
+
+
+def read_reference(index: int, editor, mask_file: str | None, name: str | None) -> tuple[Reference | None, str | None]:
+    """One reference slot of the page (1-based `index`) -> the reference (None for an unused slot)
+    and a note for the user, if any. An uploaded mask file wins over the painting."""
+    image, painted = _editor_layers(editor, index)
+    name = (name or "").strip()
+    if image is None:
+        if mask_file or name or painted.any():
+            raise ValueError(f"reference {index}: upload the reference image (its painting, mask or name has no image)")
+        return None, None
+    note = None
+    if mask_file:
+        mask = _named_errors(load_mask, mask_file, image.shape[:2], f"reference {index}")
+        if painted.any():
+            note = f"reference {index}: the uploaded mask {os.path.basename(mask_file)} is used, the painting is not"
+    elif painted.any():
+        mask = painted
+    else:
+        raise ValueError(f"reference {index} has no mask: paint over the object in the editor or upload a mask image")
+    return Reference(image, mask, name), note
+
+
+def read_targets(paths: Sequence[str] | None) -> list[Target]:
+    """Uploaded target files -> targets with unique stems (a repeated file name gets -2, -3, ...)."""
+    if not paths:
+        raise ValueError("no target: upload at least one target image to segment")
+    targets, seen = [], collections.Counter()
+    for path in paths:
+        image = _named_errors(load_image, path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] += 1
+        targets.append(Target(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}", image))
+    return targets
+
+
+def read_inputs(values: Sequence) -> tuple[list[Reference], list[Target], list[str]]:
+    """The page's values in order (editor, mask file, class name of each reference slot, then the
+    target files) -> references, targets and notes; a ValueError says what to fix."""
+    references, notes = [], []
+    for i in range(MAX_REFERENCES):
+        reference, note = read_reference(i + 1, *values[3 * i: 3 * i + 3])
+        if reference is not None:
+            references.append(reference)
+        if note:
+            notes.append(note)
+    if not references:
+        raise ValueError("no reference: upload a reference image and paint (or upload) the mask of what to find")
+    named = [bool(r.name) for r in references]
+    if any(named) and not all(named):
+        raise ValueError("name the class of every reference or of none (references with the same name are shots "
+                         "of one class; without names each reference is its own concept)")
+    return references, read_targets(values[-1]), notes
+
+
+# --- the model side -----------------------------------------------------------------------
+
+
+def _context_key(references: Sequence[Reference]) -> str:
+    digest = hashlib.sha1()
+    for r in references:
+        for part in (str(r.image.shape).encode(), r.image.tobytes(), np.packbits(r.mask).tobytes(), r.name.encode(), b"\0"):
+            digest.update(part)
+    return digest.hexdigest()
+
+
+class Session:
+    """A predictor with the contexts it has encoded, keyed by the reference inputs (`cache_size`
+    kept, least recently used dropped), and a folder for the mask files of each press."""
+
+    def __init__(self, predictor: Predictor, out_dir: str, cache_size: int = 8):
+        self.predictor = predictor
+        self.out_dir = out_dir
+        self.cache_size = cache_size
+        self._contexts: collections.OrderedDict[str, tuple[Context, list | None]] = collections.OrderedDict()
+        self._lock = threading.Lock()  # Gradio calls from worker threads
+        self._runs = 0
+
+    def context(self, references: Sequence[Reference]) -> tuple[Context, list | None, bool]:
+        """(context, concept names or None, whether it came from the cache)."""
+        key = _context_key(references)
+        with self._lock:
+            if key in self._contexts:
+                self._contexts.move_to_end(key)
+                return (*self._contexts[key], True)
+            names = [r.name for r in references] if references[0].name else ()
+            stacks, concepts = predict.concept_stacks([r.mask for r in references], names)
+            # as the predict command: soft (resized) reference masks, as the reference's custom evaluation
+            context = self.predictor.encode_context([r.image for r in references], stacks, class_names=concepts,
+                                                    binarize=False)
+            self._contexts[key] = (context, concepts)
+            while len(self._contexts) > self.cache_size:
+                self._contexts.popitem(last=False)
+            return context, concepts, False
+
+    def _run_dir(self) -> str:
+        """A fresh folder for this press's files; the folder of the press KEPT_RUNS before goes."""
+        with self._lock:
+            self._runs += 1
+            run = self._runs
+        shutil.rmtree(os.path.join(self.out_dir, f"run{run - KEPT_RUNS}"), ignore_errors=True)
+        path = os.path.join(self.out_dir, f"run{run}")
+        os.makedirs(path)
+        return path
+
+    def segment(self, references: Sequence[Reference], targets: Sequence[Target]) -> Result:
+        start = time.perf_counter()
+        context, concepts, reused = self.context(references)
+        encoded = time.perf_counter()
+        labels = [str(c) for c in concepts] if concepts else None
+        out_dir = self._run_dir()
+        overlays, propagated, mask_files = [], [], []
+        for target, pred in zip(targets, self.predictor.segment([t.image for t in targets], context)):
+            pictures = predict.render(target.image, pred, labels=labels)
+            overlays.append((pictures.overlay, target.stem))
+            for j, heat in enumerate(pictures.propagated):
+                propagated.append((heat, f"{target.stem}: {labels[j]}" if labels else target.stem))
+            for name, mask in predict.file_names(target.stem, pictures._replace(overlay=None, propagated=[])):
+                mask_files.append(os.path.join(out_dir, name))
+                files.write_png(mask_files[-1], mask)
+        done = time.perf_counter()
+        k, n = context.size, len(references)
+        how = ("context reused (the references are unchanged)" if reused else
+               f"context encoded from {n} reference{'s' * (n > 1)} ({k} concept{'s' * (k > 1)}) in {encoded - start:.2f} s")
+        status = f"{how}; {len(targets)} target{'s' * (len(targets) > 1)} segmented in {done - encoded:.2f} s"
+        return Result(status, overlays, propagated, mask_files)
+
+
+# --- the page -----------------------------------------------------------------------------
+
+
+def synthetic_example(out_dir: str, size: int = 192, targets: int = 3, seed: int = 0) -> dict:
+    """Files of an episode of a held-out synthetic class (the demo model never trained on it): a
+    reference, its mask, its class name and `targets` targets of the same class."""
+    from segic_jax.data import synthetic
+
+    held_out = [c for c in synthetic.all_classes() if synthetic.class_split(c) == "test"]
+    rng = np.random.default_rng(seed)
+    cls = held_out[int(rng.integers(len(held_out)))]
+    os.makedirs(out_dir, exist_ok=True)
+    image, mask = synthetic.scene(rng, cls, size)
+    example = dict(reference=os.path.join(out_dir, "reference.png"), mask=os.path.join(out_dir, "reference_mask.png"),
+                   name=cls.name, targets=[])
+    files.write_png(example["reference"], image)
+    files.write_png(example["mask"], mask.astype(np.uint8) * 255)
+    for i in range(targets):
+        example["targets"].append(os.path.join(out_dir, f"target{i + 1}.png"))
+        files.write_png(example["targets"][-1], synthetic.scene(rng, cls, size)[0])
+    return example
+
+
+def _import_gradio():
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no version check, no telemetry
+    import gradio as gr
+
+    return gr
+
+
+def segment_handler(session: Session):
+    """The function the Segment button calls: the page's values -> (status, overlays, propagated
+    masks, mask files). Bad input is a gr.Error (shown in the page; the server carries on)."""
+    gr = _import_gradio()
+
+    def segment(*values):
+        try:
+            references, targets, notes = read_inputs(values)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        for note in notes:
+            gr.Warning(note)
+        result = session.segment(references, targets)
+        print(f"serve: {result.status}", flush=True)
+        status = "\n".join([f"**{result.status}**", *(f"- {n}" for n in notes)])
+        return status, result.overlays, result.propagated, result.mask_files
+
+    return segment
+
+
+def build_page(session: Session, model_note: str):
+    """The Gradio Blocks of the page (launched by `serve`)."""
+    gr = _import_gradio()
+    example = synthetic_example(os.path.join(session.out_dir, "example"))
+    editors, masks, names = [], [], []
+    # the files Gradio makes for the page: swept hourly of those a day old (and at a clean shutdown)
+    with gr.Blocks(title="SEGIC in-context segmentation", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
+        gr.Markdown("## SEGIC in-context segmentation\n"
+                    "Show the model what to find: upload a reference image and paint over the object (or upload its "
+                    "mask: foreground > 127, or palette index != 0). Name its class if you like; references with the "
+                    "same name are shots of one class, unnamed references are each their own concept. Then upload "
+                    f"targets and press **Segment**.\n\n{model_note}")
+        with gr.Row():
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    for i in range(MAX_REFERENCES):
+                        with gr.Tab(f"Reference {i + 1}"):
+                            editors.append(gr.ImageEditor(
+                                label="reference image: paint the mask over it", elem_id=f"reference-{i}", type="numpy",
+                                sources=["upload", "clipboard"], transforms=(), layers=False, height=420,
+                                canvas_size=EDITOR_CANVAS,
+                                brush=gr.Brush(colors=["#ff3c3c"], color_mode="fixed"),
+                            ))
+                            masks.append(gr.File(label="or upload its mask", elem_id=f"reference-mask-{i}",
+                                                 file_types=["image"], type="filepath"))
+                            names.append(gr.Textbox(label="class name (optional)", elem_id=f"class-name-{i}",
+                                                    placeholder="e.g. dog"))
+            with gr.Column(scale=2):
+                targets = gr.File(label="targets", elem_id="targets", file_count="multiple", file_types=["image"],
+                                  type="filepath")
+                run = gr.Button("Segment", variant="primary", elem_id="segment")
+                load_example = gr.Button("Load a synthetic example", elem_id="example")
+                status = gr.Markdown(elem_id="status")
+        with gr.Row():
+            overlays = gr.Gallery(label="masks over the targets", elem_id="overlays", format="png", columns=3,
+                                  height=360)
+            propagated = gr.Gallery(label="propagated masks (red high) with their point prompts", elem_id="propagated",
+                                    format="png", columns=3, height=360)
+        mask_files = gr.File(label="binary masks (PNG, 0/255 at each target's size)", elem_id="masks",
+                             file_count="multiple", interactive=False)
+        inputs = [c for i in range(MAX_REFERENCES) for c in (editors[i], masks[i], names[i])] + [targets]
+        run.click(segment_handler(session), inputs, [status, overlays, propagated, mask_files], concurrency_limit=1)
+        load_example.click(lambda: (example["reference"], example["mask"], example["name"], example["targets"]),
+                           None, [editors[0], masks[0], names[0], targets])
+    return page
+
+
+def checkpoint_dir(checkpoint: str | None, demo_export: str = DEMO_EXPORT) -> tuple[str, str]:
+    """(what to load, a line for the page saying which model it is). Without a checkpoint: the demo
+    export, or a FileNotFoundError saying how to make it."""
+    from segic_jax import pretrained
+
+    if checkpoint:
+        return pretrained.checkpoint_path(checkpoint), f"Model: `{checkpoint}`."
+    if not os.path.isdir(demo_export):
+        raise FileNotFoundError(
+            f"no --checkpoint given and no demo model at {demo_export}: train it with `{DEMO_COMMAND}` (about 6 "
+            "minutes on 2 CPU cores, nothing downloaded), or give --checkpoint DIR (a converted SEGIC checkpoint or a "
+            f"training run's export/) or a release name ({', '.join(pretrained.RELEASES)})")
+    return demo_export, (f"Model: the built-in demo (`{demo_export}`): random-weight encoders and a head trained on "
+                         "synthetic shapes, so it finds shapes like those of *Load a synthetic example*, not objects "
+                         "in photos. Give `--checkpoint` for a real model.")
+
+
+def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False,
+          dtype: str = "float32", batch_size: int = 2) -> None:
+    """Load the model, start the page and serve until Ctrl-C."""
+    path, note = checkpoint_dir(checkpoint)
+    predictor = Predictor.from_checkpoint(path, dtype=dtype, batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="segic_serve_") as out_dir:
+        page = build_page(Session(predictor, out_dir), note)
+        try:
+            page.launch(server_name=host, server_port=port, share=share, ssr_mode=False, allowed_paths=[out_dir],
+                        quiet=True, prevent_thread_lock=True, mcp_server=False, pwa=False)
+        except OSError:  # Gradio's message names its own settings, not this command's flags
+            raise ValueError(f"cannot listen on {host}:{port}: the port is in use or the address is not this "
+                             "machine's; give another --port (or --host)") from None
+        print(f"serving {path} at {page.local_url}" + (f" and {page.share_url}" if page.share_url else "")
+              + " (Ctrl-C stops)", flush=True)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # a kill or `docker stop` closes and cleans up as Ctrl-C does
+        page.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m segic_jax.serve",
+        description="The interactive in-context segmentation page (Gradio): references with painted or uploaded "
+                    "masks, several targets, overlays, propagated masks and mask files to download.",
+        epilog=f"Without --checkpoint: the demo model that `{DEMO_COMMAND}` trains. Same as python main.py --mode serve.",
+    )
+    parser.add_argument("--checkpoint", help="a converted SEGIC directory, a training run's export/, or a release name")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
+    parser.add_argument("--share", action="store_true", help="also a public link through Gradio's servers")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--batch_size", type=int, default=2, help="targets per device batch")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
+    try:
+        serve(args.checkpoint, host=args.host, port=args.port, share=args.share, dtype=args.dtype,
+              batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # while the model loads; once serving, Ctrl-C closes the page and returns
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The interactive page (segic_jax/serve.py): what the Segment button does, without a browser
+(paintings and uploaded masks, the Predictor's masks, the context encoded once and reused, bad input
+as a readable message), and the page itself in headless Chromium, its downloaded mask equal to the
+Predictor's."""
+
+import io
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sandbox import marking_stand_in, python_path
+from segic_jax import serve
+from segic_jax.data.images import load_image
+from segic_jax.inference import predict
+from segic_jax.inference.predictor import Predictor
+from tiny_checkpoint import save_tiny_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("serve") / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Predictor.from_checkpoint(checkpoint)
+
+
+@pytest.fixture
+def session(predictor, tmp_path):
+    return serve.Session(predictor, str(tmp_path / "out"))
+
+
+def _scene(rng, h, w, box=(0.25, 0.75, 0.2, 0.5)):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[int(h * box[0]): int(h * box[1]), int(w * box[2]): int(w * box[3])] = True
+    return image, mask
+
+
+def _save(path, array):
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def _editor(image, painted=None):
+    """An ImageEditor value as Gradio hands it over (type numpy, RGBA): the upload and one brush layer."""
+    background = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    layer = np.zeros(image.shape[:2] + (4,), np.uint8)
+    if painted is not None:
+        layer[painted] = (255, 60, 60, 255)
+    return {"background": background, "layers": [layer], "composite": background}
+
+
+def _values(references, targets):
+    """The page's values in order: (editor, mask file, class name) per reference slot, then the targets."""
+    slots = list(references) + [(None, None, "")] * (serve.MAX_REFERENCES - len(references))
+    return [v for slot in slots for v in slot] + [targets]
+
+
+def _counting_encodes(monkeypatch, predictor) -> list:
+    calls = []
+    encode = predictor.encode_context
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("class_names"))
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "encode_context", counted)
+    return calls
+
+
+def _read_mask(path):
+    array = np.asarray(Image.open(path))
+    assert set(np.unique(array)) <= {0, 255}
+    return array == 255
+
+
+def test_segment_button_gives_the_predictors_masks_and_encodes_the_context_once(session, predictor, monkeypatch, tmp_path, rng):
+    ref, mask = _scene(rng, 70, 90)
+    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    targets = [_save(tmp_path / "a.png", _scene(rng, 60, 80)[0]), _save(tmp_path / "b.jpg", _scene(rng, 90, 50)[0])]
+    images = [load_image(t) for t in targets]
+    # the predict command's context: soft reference masks
+    expected = predictor.segment(images, predictor.encode_context([ref], [mask], binarize=False))
+    calls = _counting_encodes(monkeypatch, predictor)
+    segment = serve.segment_handler(session)
+
+    status, overlays, propagated, mask_files = segment(*_values([(_editor(ref, mask), None, " ")], targets))
+    assert len(calls) == 1 and status.startswith("**context encoded from 1 reference (1 concept)")
+    assert [os.path.basename(f) for f in mask_files] == ["a_mask0.png", "b_mask0.png"]
+    for path, image, pred in zip(mask_files, images, expected):
+        assert np.array_equal(_read_mask(path), pred.masks[0])
+    assert 0 < expected[0].masks.mean() < 1  # a mask with both sides, so equality means something
+    assert [caption for _, caption in overlays] == ["a", "b"] == [caption for _, caption in propagated]
+    for (overlay, _), (heat, _), image, pred in zip(overlays, propagated, images, expected):
+        pictures = predict.render(image, pred)
+        assert np.array_equal(overlay, pictures.overlay) and np.array_equal(heat, pictures.propagated[0])
+
+    # only the targets change: decoded against the cached context
+    status, _, _, mask_files = segment(*_values([(_editor(ref, mask), None, "")], targets[1:]))
+    assert len(calls) == 1 and status.startswith("**context reused")
+    assert np.array_equal(_read_mask(mask_files[0]), expected[1].masks[0])
+    # the same mask uploaded instead of painted is the same context
+    assert "context reused" in segment(*_values([(_editor(ref), mask_path, "")], targets))[0]
+    # a class name, another mask or another image is a new context
+    assert "context encoded" in segment(*_values([(_editor(ref, mask), None, "dog")], targets))[0]
+    assert calls[-1] == ["dog"]
+    assert "context encoded" in segment(*_values([(_editor(ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
+    assert "context encoded" in segment(*_values([(_editor(255 - ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
+    assert len(calls) == 4
+    assert "context reused" in segment(*_values([(_editor(ref, mask), None, "dog")], targets))[0]
+    assert len(calls) == 4
+
+
+def test_references_with_one_name_are_shots_of_one_concept(session, predictor, tmp_path, rng):
+    (a, ma), (b, mb) = _scene(rng, 60, 60), _scene(rng, 50, 70, box=(0.1, 0.6, 0.5, 0.9))
+    target = _save(tmp_path / "t.png", _scene(rng, 64, 64)[0])
+    segment = serve.segment_handler(session)
+    _, overlays, propagated, mask_files = segment(*_values([(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "cat")], [target]))
+    context = predictor.encode_context([a, b], [ma, mb], class_names=["cat"], binarize=False)
+    (pred,) = predictor.segment([load_image(target)], context)
+    assert [os.path.basename(f) for f in mask_files] == ["t_mask0.png"]
+    assert np.array_equal(_read_mask(mask_files[0]), pred.masks[0])
+    assert [c for _, c in propagated] == ["t: cat"]
+
+    _, _, propagated, mask_files = segment(*_values([(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "dog")], [target, target]))
+    assert [os.path.basename(f) for f in mask_files] == ["t_mask0.png", "t_mask1.png", "t-2_mask0.png", "t-2_mask1.png"]
+    assert [c for _, c in propagated] == ["t: cat", "t: dog", "t-2: cat", "t-2: dog"]
+    context = predictor.encode_context([a, b], [np.stack([ma, 0 * ma]), np.stack([0 * mb, mb])], class_names=["cat", "dog"],
+                                       binarize=False)
+    (pred,) = predictor.segment([load_image(target)], context)
+    for j in range(2):
+        assert np.array_equal(_read_mask(mask_files[j]), pred.masks[j])
+
+
+def test_bad_input_is_a_readable_message_and_the_page_carries_on(session, tmp_path, rng):
+    import gradio as gr
+
+    ref, mask = _scene(rng, 40, 60)
+    good_target = _save(tmp_path / "target.png", ref)
+    uploads = tmp_path / "gradio" / "3f9c2a"  # Gradio keeps uploads in a hashed folder; messages name the file only
+    uploads.mkdir(parents=True)
+    small = _save(uploads / "small_mask.png", mask[:20].astype(np.uint8) * 255)
+    empty = _save(uploads / "empty_mask.png", np.zeros((40, 60), np.uint8))
+    notes = uploads / "notes.png"
+    notes.write_text("not an image")
+    good = (_editor(ref, mask), None, "")
+    cases = [
+        ([], [good_target], r"no reference: upload a reference image and paint"),
+        ([(_editor(ref), None, "")], [good_target], r"reference 1 has no mask: paint over the object .* or upload a mask"),
+        ([(_editor(ref), empty, "")], [good_target], r"mask empty_mask\.png is empty"),
+        ([(_editor(ref), small, "")], [good_target], r"mask small_mask\.png is 60x20 \(WxH\) but reference 1 is 60x40"),
+        ([good], [str(notes)], r"cannot read notes\.png as an image"),
+        ([good], [], r"no target: upload at least one target image"),
+        ([good], None, r"no target"),
+        ([good, (None, str(small), "")], [good_target], r"reference 2: upload the reference image"),
+        # painted on the editor's blank canvas: Gradio sends it as a white image
+        ([(_editor(np.full((800, 800, 3), 255, np.uint8), np.eye(800, dtype=bool)), None, "")], [good_target],
+         r"reference 1: upload the reference image \(its painting"),
+        ([(_editor(ref, mask), None, "cat"), good], [good_target], r"name the class of every reference or of none"),
+    ]
+    segment = serve.segment_handler(session)
+    for references, targets, message in cases:
+        with pytest.raises(gr.Error) as error:
+            segment(*_values(references, targets))
+        assert re.search(message, error.value.message), (message, error.value.message)
+        assert str(uploads) not in error.value.message
+    status, _, _, mask_files = segment(*_values([good], [good_target]))
+    assert "context encoded" in status and len(mask_files) == 1
+    # both a painting and a mask file: the file is used, and the page says so
+    mask_path = _save(tmp_path / "mask.png", mask.astype(np.uint8) * 255)
+    with pytest.warns(UserWarning, match="the uploaded mask mask.png is used, the painting is not"):
+        status, *_ = segment(*_values([(_editor(ref, np.roll(mask, 5, 0)), mask_path, "")], [good_target]))
+    assert "context reused" in status and "the painting is not" in status
+
+
+def test_without_a_checkpoint_the_demo_export_or_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        serve.checkpoint_dir(None, demo_export=str(tmp_path / "export"))
+    assert serve.DEMO_COMMAND in str(error.value) and "nothing downloaded" in str(error.value)
+    assert serve.DEMO_COMMAND == "python main.py --config configs/segic.py --workdir /tmp/segic_demo"  # the README's
+    (tmp_path / "export").mkdir()
+    path, note = serve.checkpoint_dir(None, demo_export=str(tmp_path / "export"))
+    assert path == str(tmp_path / "export") and "built-in demo" in note
+    assert serve.checkpoint_dir(str(tmp_path / "ckpt"))[0] == str(tmp_path / "ckpt")
+
+
+def test_gradio_is_imported_by_the_page_alone(tmp_path):
+    site, mark = marking_stand_in(tmp_path, "gradio")
+    code = ("import segic_jax.inference.predictor, segic_jax.inference.predict, segic_jax.evaluation.runner, "
+            "segic_jax.training.trainer, segic_jax.serve")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=python_path(site, ROOT), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not mark.exists()
+    subprocess.run([sys.executable, "-c", "import segic_jax.serve as s; s._import_gradio()"], cwd=ROOT,
+                   env=python_path(site, ROOT), capture_output=True, timeout=120)
+    assert mark.exists()  # the stand-in works
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(checkpoint, tmp_path):
+    """`python -m segic_jax.serve` on a free port; returns the process, its URL and its output lines."""
+    port = _free_port()
+    env = dict(python_path(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path))
+    server = subprocess.Popen([sys.executable, "-m", "segic_jax.serve", "--checkpoint", checkpoint, "--port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
+    log, deadline = [], time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            log.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert server.poll() is None, "the server exited:\n" + "".join(log)
+            continue
+        if log[-1].startswith("serving "):
+            return server, f"http://127.0.0.1:{port}/", lines, log
+    server.kill()
+    raise AssertionError("the server did not start in 90 s:\n" + "".join(log))
+
+
+def _browser(tmp_path):
+    """Headless Chromium of the OS packages through its chromedriver; nothing is downloaded (the driver
+    path skips Selenium Manager), and no name but the test server's resolves."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1280,1600",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium (apt-get install chromium chromium-driver)")
+def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor, tmp_path, rng, monkeypatch):
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert os.path.exists(CHROMEDRIVER), f"Chromium is installed but not its driver {CHROMEDRIVER}: apt-get install chromium-driver"
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, were it ever asked, may not download
+    ref, mask = _scene(rng, 70, 90)
+    paths = dict(ref=_save(tmp_path / "ref.png", ref), mask=_save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255),
+                 a=_save(tmp_path / "a.png", _scene(rng, 60, 80)[0]), b=_save(tmp_path / "b.png", _scene(rng, 80, 64)[0]))
+    expected = predictor.segment([load_image(paths["a"]), load_image(paths["b"])],
+                                 predictor.encode_context([ref], [mask], binarize=False))
+    server, url, lines, log = _start_server(checkpoint, tmp_path)
+    browser = None
+    try:
+        browser = _browser(tmp_path)
+        wait = WebDriverWait(browser, 60)
+        browser.get(url)
+        upload = lambda component, *files: wait.until(ec.presence_of_element_located(
+            (By.CSS_SELECTOR, f"#{component} input[type=file]"))).send_keys("\n".join(files))
+        upload("reference-0", paths["ref"])
+        # the editor has drawn the upload (its undo comes alive) and the mask file is listed
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-0 button[aria-label='Undo']:not([disabled])")))
+        upload("reference-mask-0", paths["mask"])
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-mask-0 td[aria-label='ref_mask.png']")))
+        # no target yet: a message in the page
+        browser.find_element(By.ID, "segment").click()
+        toast = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
+        assert "no target: upload at least one target image" in toast.text
+        upload("targets", paths["a"], paths["b"])
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#targets td[aria-label='b.png']")))
+        browser.find_element(By.ID, "segment").click()
+        links = lambda _: [a for a in browser.find_elements(By.CSS_SELECTOR, "#masks a") if "_mask0.png" in a.get_attribute("href")]
+        found = wait.until(lambda b: len(links(b)) == 2 and links(b))
+        assert "context encoded from 1 reference" in browser.find_element(By.ID, "status").text
+        hrefs = {os.path.basename(a.get_attribute("href")): a.get_attribute("href") for a in found}
+        assert sorted(hrefs) == ["a_mask0.png", "b_mask0.png"]
+        for name, pred in zip(sorted(hrefs), expected):
+            with urllib.request.urlopen(hrefs[name], timeout=30) as response:
+                downloaded = np.asarray(Image.open(io.BytesIO(response.read())))
+            assert set(np.unique(downloaded)) == {0, 255} and np.array_equal(downloaded == 255, pred.masks[0]), name
+        # press again: the same references, so the context is reused (page and log say so)
+        browser.find_element(By.ID, "segment").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "context reused"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#overlays img")) >= 2
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#propagated img")) >= 2
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        # nothing was asked of any host but the server
+        requested = [json.loads(e["message"])["message"]["params"].get("request", {}).get("url", "")
+                     for e in browser.get_log("performance")]
+        hosts = {urllib.parse.urlsplit(u).hostname for u in requested if u.startswith(("http", "ws"))}
+        assert hosts == {"127.0.0.1"}, hosts
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
+    while not lines.empty():
+        log.append(lines.get())
+    assert server.returncode == 0, "".join(log)  # SIGTERM stops it as Ctrl-C does, its files removed
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("segic_serve_")]
+    assert sum("serve: context encoded" in line for line in log) == 1
+    assert sum("serve: context reused" in line for line in log) == 1, "".join(log)

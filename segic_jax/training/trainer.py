@@ -6,13 +6,15 @@
 One process per host (`jax.distributed.initialize` when the environment describes several);
 devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the head and its
 optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp" (replicated when
-it is 1). Process p reads episodes p, p + P, ... of the seeded stream, so the global batch does not
-depend on the number of hosts, and the loss is normalised over the global batch, so it does not
-depend on the number of devices either.
+it is 1). Each process reads the episodes of the global batch rows its devices hold
+(row r of step s is episode s * global_batch_size + r of the seeded stream, and its text prompt is
+drawn from (seed, s, r)), so the global batch does not depend on the number of processes, and the
+loss is normalised over the global batch, so it does not depend on the number of devices either.
 
 Workdir layout:
-  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG, data iterator state
-                        (written asynchronously; a step without its commit marker is never read)
+  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG (the step also fixes where
+                        the data continues); written asynchronously, a step without its commit
+                        marker is never read
   logs/                 TensorBoard events and metrics.jsonl
   images/               predictions on a held-out episode at each evaluation
   export/               the trained model as an inference checkpoint (head/, dinov2/, clip_text/),
@@ -103,15 +105,15 @@ class TextTable:
         self.prompts = ["", INSTANCE_PROMPT] + sorted({class_prompt(n) for n in class_names if n} - {""})
         self.index = {p: i for i, p in enumerate(self.prompts)}
 
-    def choose(self, rng: np.random.Generator, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
+    def choose(self, draws: np.ndarray, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
         """Per image: the instance prompt, or "a photo of a {name}" with probability text_prob
-        (the draw independent per image, docs/original.md 2.2), else ""."""
+        (draws: one uniform number per image, independent, docs/original.md 2.2), else ""."""
         out = np.empty(len(names), np.int32)
-        for i, (inst, name) in enumerate(zip(is_instance, names)):
+        for i, (inst, name, draw) in enumerate(zip(is_instance, names, draws)):
             name = text(name)
             if inst:
                 out[i] = self.index[INSTANCE_PROMPT]
-            elif name and rng.random() < text_prob:
+            elif name and draw < text_prob:
                 out[i] = self.index[class_prompt(name)]
             else:
                 out[i] = self.index[""]
@@ -119,6 +121,14 @@ class TextTable:
 
 
 # --- sharding -------------------------------------------------------------------------------
+
+
+def local_rows(sharding, batch_size: int) -> np.ndarray:
+    """The rows of a (batch_size, ...) array sharded as `sharding` that this process's devices hold,
+    in the order `jax.make_array_from_process_local_data` takes them (all rows in one process)."""
+    spans = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map((batch_size,)).values()}
+    return np.concatenate([np.arange(a, b) for a, b in sorted(spans)])
 
 
 def make_mesh(fsdp: int) -> jax.sharding.Mesh:
@@ -190,7 +200,8 @@ class Trainer:
         self.mesh = make_mesh(c.mesh.fsdp)
         if c.train.global_batch_size % self.mesh.size:
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
-        self.local_batch = c.train.global_batch_size // jax.process_count()
+        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
+        self.rows = local_rows(self.batch_sharding, c.train.global_batch_size)
         self.is_main = jax.process_index() == 0
 
         # models
@@ -215,12 +226,12 @@ class Trainer:
             semantic_aug=episodes.SemanticAugment(scale_range=scale),
         )
         self.dataset = episodes.episode_stream(
-            self.samplers, batch_size=self.local_batch, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
-            weights=weights, shard_index=jax.process_index(), shard_count=jax.process_count(),
+            self.samplers, batch_size=c.train.global_batch_size, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
+            weights=weights, rows=self.rows,
         )
         self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
-        self.iterator = episodes.iterator(self.dataset, c.data.workers, c.data.prefetch, c.data.threads)
+        self.iterator = None  # started at the first batch, from the step then current
 
         # text prompts: encoded once, CLIP is not run in the step
         self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
@@ -239,7 +250,6 @@ class Trainer:
         self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
         self.encoder_graph, encoder_state = nnx.split(self.encoder)
         replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
         params = jax.device_put(params, replicated)
         self.rest = jax.device_put(self.rest, replicated)
         self.encoder_state = jax.device_put(encoder_state, encoder_sharding(self.mesh, encoder_state))
@@ -272,27 +282,30 @@ class Trainer:
         return ocp.CheckpointManager(self.ckpt_dir, options=options)
 
     def _state_tree(self) -> dict:
+        # step and key replicated over the mesh like the rest (orbax refuses single-device arrays in a
+        # multi-process job), put there from host values (jax cannot put a single-device array there
+        # when each process has one device)
+        replicated = NamedSharding(self.mesh, P())
+        step = np.asarray(self.state.step, np.int64 if jax.config.jax_enable_x64 else np.int32)
         return {
             "params": self.state.params,
             "opt_state": self.state.opt_state,
-            "step": jnp.asarray(self.state.step, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
-            "rng": jax.random.key_data(self.base_key),
+            "step": jax.device_put(step, replicated),
+            "rng": jax.device_put(np.asarray(jax.random.key_data(self.base_key)), replicated),
         }
 
     def save(self, force: bool = False) -> bool:
-        import grain
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(self._state_tree()), data=grain.checkpoint.CheckpointSave(self.iterator)
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(self._state_tree()))
         return self.manager.save(self.state.step, args=args, force=force)
 
     def restore(self) -> bool:
         """Continue from the latest checkpoint that restores. One that does not (damaged on disk) is
         moved to workdir/checkpoints_unreadable/ and named, and the one before it is tried; nothing is
-        deleted. The metric logs then drop what was logged after the resumed step."""
-        import grain
+        deleted. The metric logs then drop what was logged after the resumed step. The data continues
+        at the resumed step's batch (the batches are a function of the step), so a run may resume on
+        another number of processes, devices or data workers."""
         import orbax.checkpoint as ocp
 
         skipped = []
@@ -300,17 +313,16 @@ class Trainer:
         while (latest := self.manager.latest_step()) is not None:
             try:
                 restored = self.manager.restore(
-                    latest, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(self.iterator)
-                    ),
+                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )
-            except Exception as e:  # orbax, tensorstore and grain raise many types for a damaged checkpoint
+            except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
                 skipped.append(self._set_aside(latest, reason))
                 continue
             tree = restored.state
             self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
             self.base_key = jax.random.wrap_key_data(tree["rng"])
+            self.iterator = None  # the next batch is the resumed step's
             for line in skipped:
                 print(line, flush=True)
             dropped = self.writer.resume_at(self.state.step)
@@ -352,13 +364,20 @@ class Trainer:
 
     def next_batch(self) -> tuple[dict, dict]:
         """The next global batch as sharded device arrays, plus its host-side fields."""
+        if self.iterator is None:
+            from segic_jax.data import episodes
+
+            d = self.config.data
+            self.iterator = episodes.iterator(self.dataset[self.state.step:], d.workers, d.prefetch, d.threads)
         episode = next(self.iterator)
-        rng = np.random.default_rng((self.config.seed, self.state.step, jax.process_index()))
+        # per row of the global batch, whichever process holds it: (L, 2), target's and reference's
+        draws = np.stack([np.random.default_rng((self.config.seed, self.state.step, int(r))).random(2) for r in self.rows])
         host = {k: episode[k] for k in HOST_ONLY_FIELDS}
         arrays = {k: v for k, v in episode.items() if k not in HOST_ONLY_FIELDS}
         # the reference image of a semantic episode carries the same class name, drawn independently
-        arrays["target_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
-        arrays["reference_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
+        prob = self.config.train.text_prob
+        arrays["target_prompt"] = self.text.choose(draws[:, 0], host["is_instance"], host["class_name"], prob)
+        arrays["reference_prompt"] = self.text.choose(draws[:, 1], host["is_instance"], host["class_name"], prob)
         batch = {
             k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in arrays.items()
         }

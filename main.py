@@ -92,29 +92,35 @@ def main(argv):
 
         correspondence.run(FLAGS.config, FLAGS.workdir)
         return
-    try:
-        if FLAGS.mode == "eval":
-            from segic_jax.evaluation import runner
+    from segic_jax import distributed
+    from segic_jax.training.trainer import EXIT_STOPPED_EARLY
 
-            results = runner.run(FLAGS.config, FLAGS.workdir)
-            if results["complete"]:
-                print(f"wrote {FLAGS.workdir}/results.md")
-        else:
-            from segic_jax.training import trainer
+    # in a multi-process job a failing process leaves at once (the others follow), not at jax's shutdown barrier
+    with distributed.leave_together(agreed_statuses=(0, EXIT_STOPPED_EARLY)):
+        try:
+            distributed.initialize()
+            if FLAGS.mode == "eval":
+                from segic_jax.evaluation import runner
 
-            try:
-                summary = trainer.train(FLAGS.config, FLAGS.workdir)
-            except trainer.SaveFailed as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
-            if summary.get("stopped_early"):
-                sys.exit(trainer.EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+                results = runner.run(FLAGS.config, FLAGS.workdir)
+                if results["complete"] and distributed.is_main():
+                    print(f"wrote {FLAGS.workdir}/results.md")
+            else:
+                from segic_jax.training import trainer
+
+                try:
+                    summary = trainer.train(FLAGS.config, FLAGS.workdir)
+                except trainer.SaveFailed as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    sys.exit(1)
+                if summary.get("stopped_early"):
+                    sys.exit(EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
 
 
 def load_predictor(checkpoint: str, dtype: str, batch_size: int):

@@ -3,10 +3,10 @@
     python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
     python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/
 
-One process per host (`jax.distributed.initialize` when the environment describes several);
-devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the head and its
-optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp" (replicated when
-it is 1). Each process reads the episodes of the global batch rows its devices hold
+One process per host (`segic_jax.distributed`: jax.distributed joins them when the environment
+describes several); devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the
+head and its optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp"
+(replicated when it is 1). Each process reads the episodes of the global batch rows its devices hold
 (row r of step s is episode s * global_batch_size + r of the seeded stream, and its text prompt is
 drawn from (seed, s, r)), so the global batch does not depend on the number of processes, and the
 loss is normalised over the global batch, so it does not depend on the number of devices either.
@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from segic_jax import checkpoints, files
+from segic_jax import checkpoints, distributed, files
 from segic_jax.conversion.clip_text import TOKENIZER_FILES
 from segic_jax.conversion.core import find_files
 from segic_jax.data.sources import text
@@ -195,6 +195,10 @@ class Trainer:
 
     def _build(self, config) -> None:
         c = config
+        if jax.process_count() > 1 and not jax.distributed.is_initialized():
+            # without jax.distributed the processes cannot agree where to stop on a preemption
+            raise ValueError(f"this job has {jax.process_count()} processes but jax.distributed was not initialized: "
+                             "set SEGIC_JAX_DISTRIBUTED=1 on every process (see segic_jax/distributed.py)")
         if c.train.global_batch_size % jax.process_count():
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {jax.process_count()} processes")
         self.mesh = make_mesh(c.mesh.fsdp)
@@ -342,6 +346,7 @@ class Trainer:
         if self.is_main and os.path.isdir(src):
             os.makedirs(aside, exist_ok=True)
             os.rename(src, dst)
+        distributed.sync(f"checkpoint {step} set aside")  # before any process looks for the latest again
         self.manager.close()
         self.manager = self._manager()
         return f"skipped the checkpoint of step {step} ({src}: {reason}); moved it to {dst}."
@@ -398,17 +403,28 @@ class Trainer:
         return nnx.merge(self.head_graph, *jax.device_put(jax.device_get((self.state.params, self.rest)), device))
 
     def evaluate(self, tag: str) -> dict:
-        """Held-out evaluation of the current head (config.eval), with a prediction image."""
+        """Held-out evaluation of the current head (config.eval), with a prediction image. In a
+        multi-process job the processes split the episodes, their records meeting in
+        workdir/eval_records/ (removed afterwards), and all return the same scores."""
+        import shutil
+
         from segic_jax.evaluation import runner
 
         c = self.config.eval
         predictor = runner.model_predictor(self.current_head(), self.encoder, self.text_model, self.tokenizer)
         data_dir = os.path.expanduser(c.data_dir) if c.data_dir else self.data_dir
         dataset = c.dataset or None
+        records = os.path.join(self.workdir, "eval_records") if jax.process_count() > 1 else None
+        if records and self.is_main:
+            shutil.rmtree(records, ignore_errors=True)  # left by a run stopped during an evaluation
+        distributed.sync(f"evaluation {tag}: records cleared")
         result = runner.evaluate(
             predictor, c.benchmark, data_dir, shots=c.shots, episodes=c.episodes, seed=c.seed, dataset=dataset,
-            progress=False,
+            workdir=records, progress=False,
         )
+        distributed.sync(f"evaluation {tag}: records read")
+        if records and self.is_main:
+            shutil.rmtree(records)
         scores = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.writer.scalars(self.state.step, scores)
         if self.is_main and c.images:
@@ -445,7 +461,10 @@ class Trainer:
         self._interrupts += 1
         if self._interrupts > 1:
             raise KeyboardInterrupt
-        self._stop_requested = True
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's notifier: every process stops at the same step
+        else:
+            self._stop_requested = True
         print("\nstopping after this step with a checkpoint (Ctrl-C again to abort without one)", flush=True)
 
     def run(self) -> dict:
@@ -456,7 +475,9 @@ class Trainer:
         resumed = self.restore()
         if resumed:
             print(f"resumed from step {self.state.step} in {self.ckpt_dir}", flush=True)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        # In a multi-process job SIGTERM is left to jax's preemption notifier, which tells every process
+        # so that all stop at the same step (`reached_preemption`); a handler here would stop one alone.
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() and jax.process_count() == 1 else None
         previous_int = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         Metrics = clu_metrics.Collection.create(
             loss=clu_metrics.Average.from_output("loss"),
@@ -595,21 +616,9 @@ def _jsonable(x):
     return x
 
 
-def maybe_initialize_distributed() -> None:
-    """Join the other hosts when the environment describes a multi-process job (TPU pods, SLURM,
-    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set)."""
-    multi = (
-        bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    )
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-
-
 def train(config, workdir: str) -> dict:
     """Train as `config` says; returns the summary (also written to workdir/summary.json)."""
-    maybe_initialize_distributed()
+    distributed.initialize()
     trainer = Trainer(config, workdir)
     try:
         summary = trainer.run()

@@ -10,7 +10,8 @@ r"""segic-jax entry point.
 variant trains on the built-in synthetic dataset on a CPU in minutes); it resumes from the
 workdir's latest checkpoint and exports an inference checkpoint to workdir/export. SIGTERM or
 Ctrl-C stop it after a checkpoint, with exit status 75 (run the same command to resume); one
-workdir holds one run at a time (workdir/.lock).
+workdir holds one run at a time (workdir/.lock). Train and eval run as one job of several
+processes when the environment describes one (segic_jax/distributed.py; README, Several hosts).
 --mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/runner.py).
 --mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
 the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,

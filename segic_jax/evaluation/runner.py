@@ -36,6 +36,7 @@ import os
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -392,8 +393,6 @@ def _summary(results: list[UnitResult]) -> dict:
 
 def _job_shard(shard: tuple[int, int], workdir: str | None) -> tuple[tuple[int, int], bool]:
     """(the shard this process evaluates, whether the processes of a multi-process job share the work)."""
-    import jax
-
     if jax.process_count() == 1 or not workdir:
         return shard, False
     if shard != (0, 1):

@@ -61,9 +61,9 @@ class Job:
             # no persistent compilation cache: a process that finds its programs there reaches the first
             # collective long before one that compiles them, and gloo waits only 30 s for the others
             e.pop("JAX_COMPILATION_CACHE_DIR", None)
-            if processes > 1:
+            if processes > 1:  # gloo: the CPU collectives across processes (jax 0.10's default, named here)
                 e.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
-                         JAX_PROCESS_ID=str(i))
+                         JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
             with open(self.logs[i], "w") as log:
                 self.procs[i] = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args,
                                                   "--compilation_cache="], stdout=log, stderr=subprocess.STDOUT,

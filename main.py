@@ -11,7 +11,8 @@ r"""segic-jax entry point.
 variant trains on the built-in synthetic dataset on a CPU in minutes); it resumes from the
 workdir's latest checkpoint and exports an inference checkpoint to workdir/export. SIGTERM or
 Ctrl-C stop it after a checkpoint, with exit status 75 (run the same command to resume); one
-workdir holds one run at a time (workdir/.lock).
+workdir holds one run at a time (workdir/.lock). Train and eval run as one job of several
+processes when the environment describes one (segic_jax/distributed.py; README, Several hosts).
 --mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/runner.py).
 --mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
 the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
@@ -116,29 +117,35 @@ def main(argv):
 
         correspondence.run(FLAGS.config, FLAGS.workdir)
         return
-    try:
-        if FLAGS.mode == "eval":
-            from segic_jax.evaluation import runner
+    from segic_jax import distributed
+    from segic_jax.training.trainer import EXIT_STOPPED_EARLY
 
-            results = runner.run(FLAGS.config, FLAGS.workdir)
-            if results["complete"]:
-                print(f"wrote {FLAGS.workdir}/results.md")
-        else:
-            from segic_jax.training import trainer
+    # in a multi-process job a failing process leaves at once (the others follow), not at jax's shutdown barrier
+    with distributed.leave_together(agreed_statuses=(0, EXIT_STOPPED_EARLY)):
+        try:
+            distributed.initialize()
+            if FLAGS.mode == "eval":
+                from segic_jax.evaluation import runner
 
-            try:
-                summary = trainer.train(FLAGS.config, FLAGS.workdir)
-            except trainer.SaveFailed as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
-            if summary.get("stopped_early"):
-                sys.exit(trainer.EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+                results = runner.run(FLAGS.config, FLAGS.workdir)
+                if results["complete"] and distributed.is_main():
+                    print(f"wrote {FLAGS.workdir}/results.md")
+            else:
+                from segic_jax.training import trainer
+
+                try:
+                    summary = trainer.train(FLAGS.config, FLAGS.workdir)
+                except trainer.SaveFailed as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    sys.exit(1)
+                if summary.get("stopped_early"):
+                    sys.exit(EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
 
 
 def load_predictor(checkpoint: str, dtype: str, batch_size: int):

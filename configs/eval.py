@@ -11,8 +11,9 @@ Variants after the colon:
              segic_jax.data.build ...) in --config.data_dir.
   synthetic  the synthetic_incontext held-out classes at tiny sizes (the `tiny` build), one-shot:
              a check that runs in seconds, and what training evaluates periodically.
-Shard over hosts with --config.shard_index=i --config.shard_count=n and the same workdir; a run
-with shard_count=1 afterwards merges the records (it evaluates nothing already done).
+Shard over separate runs with --config.shard_index=i --config.shard_count=n and the same workdir; a
+run with shard_count=1 afterwards merges the records (it evaluates nothing already done). The
+processes of a multi-process job (README, Several hosts) split the work by themselves.
 """
 
 import ml_collections

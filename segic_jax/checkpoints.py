@@ -87,6 +87,18 @@ def with_params(model, params: Mapping[str, np.ndarray]):
     return nnx.merge(graphdef, state)
 
 
+def _checkpointer():
+    """An orbax checkpointer for this process alone: a converted model is written and read whole by
+    each process that wants it, also inside a multi-process job (where orbax would otherwise wait
+    for every process at each save, and a save by process 0 alone would never finish)."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
+
+
 def build_model(kind: str, config, params: Mapping[str, np.ndarray], *, dtype=jnp.float32):
     """A model of this kind and config holding `params` (dotted path -> array)."""
     return with_params(abstract_model(kind, config, dtype), params)
@@ -107,8 +119,6 @@ def save_model(
     `extra_files` maps a name inside the directory to a file to copy there. Returns the absolute
     path of the directory.
     """
-    import orbax.checkpoint as ocp
-
     out_dir = os.path.abspath(out_dir)
     expected = param_shapes(kind, config)
     if set(params) != set(expected):
@@ -120,7 +130,7 @@ def save_model(
     with files.atomic_directory(out_dir, overwrite, replaceable=lambda p: check_replaceable(p, sources)) as tmp:
         template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
-        with ocp.StandardCheckpointer() as ckptr:
+        with _checkpointer() as ckptr:
             ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, os.path.join(tmp, name))
@@ -184,14 +194,12 @@ def load_config(path: str, kind: str):
 
 def load_model(path: str, kind: str, *, dtype=jnp.float32):
     """Build the model described in `path` and fill it with the saved parameters."""
-    import orbax.checkpoint as ocp
-
     path = os.path.abspath(path)
     config = load_config(path, kind)
     model = abstract_model(kind, config, dtype)
     graphdef, state = nnx.split(model)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         restored = ckptr.restore(os.path.join(path, PARAMS_DIR), target)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)

@@ -100,13 +100,18 @@ def test_without_augmentation_both_views_are_the_same_instances(source):
         np.testing.assert_array_equal(batch["target_image"], batch["reference_image"])
 
 
-def test_process_shards_are_the_single_process_stream_interleaved(source):
+def test_each_process_reads_its_rows_of_the_single_process_batches(source):
     sampler = episodes.InstanceSampler(source[0], SIZE, K)
-    whole = _take(_stream([sampler], batch=None, n=8, num_epochs=1), 8)
-    shards = [_take(_stream([sampler], batch=None, n=8, num_epochs=1, shard_index=i, shard_count=2), 4) for i in range(2)]
-    for i, episode in enumerate(whole):
-        _equal(episode, shards[i % 2][i // 2])
-    assert not np.array_equal(shards[0][0]["target_image"], shards[1][0]["target_image"])
+    whole = _take(_stream([sampler], batch=4, n=12, num_epochs=1), 3)
+    # process 0 and 1 of a job whose devices hold rows 0-1 and 2-3; an uneven split reads rows 3 and 0
+    for rows in ([0, 1], [2, 3], [3, 0]):
+        part = _take(_stream([sampler], batch=4, n=12, num_epochs=1, rows=rows), 3)
+        for batch, mine in zip(whole, part):
+            for key in batch:
+                np.testing.assert_array_equal(mine[key], batch[key][rows], err_msg=key)
+    assert not np.array_equal(whole[0]["target_image"][0], whole[0]["target_image"][1])
+    with pytest.raises(ValueError, match=r"rows must be distinct positions in a batch of 4, got \[1, 4\]"):
+        _stream([sampler], batch=4, rows=[1, 4])
 
 
 def test_semantic_episodes_pair_two_images_of_one_class(ade):

@@ -3,8 +3,10 @@ with fixed shapes and a checkpointable iterator.
 
 As in the reference's training mixture (docs/original.md 4.1), every episode picks a dataset by
 weight and then a random item of it; the stream is `samples_per_epoch` long per epoch. Episode i
-draws everything from a generator seeded by (seed, i), so process p of P, which produces episodes
-p, p + P, ..., yields exactly its share of the single-process stream, whatever the worker count.
+draws everything from a generator seeded by (seed, i), and row r of global batch b is episode
+b * batch_size + r whichever process reads it: in a multi-process job each process produces the
+rows its devices hold, so the global batch, row for row, is the single-process one, whatever the
+number of processes or workers.
 
 Instance episodes (4.4): two independently augmented views of one image (random resized crop,
 colour jitter, horizontal flip); instances visible in both views are matched by index; a random
@@ -245,26 +247,35 @@ def episode_stream(
     seed: int,
     samples_per_epoch: int,
     weights: Sequence[float] | None = None,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    rows: Sequence[int] | None = None,
     num_epochs: int | None = None,
 ) -> grain.MapDataset:
     """Episodes from `samplers` chosen by `weights` (uniform by default), `samples_per_epoch`
-    per epoch over all shards, batched (drop remainder) unless batch_size is None."""
+    per epoch, batched (drop remainder) unless batch_size is None.
+
+    rows: this process's rows of each batch of `batch_size` (a multi-process job, where each process
+    holds part of the global batch); its batches are those rows, in this order. None: every row."""
     weights = np.full(len(samplers), 1.0 / len(samplers)) if weights is None else np.asarray(weights, np.float64)
     if len(weights) != len(samplers) or (weights < 0).any() or weights.sum() <= 0:
         raise ValueError(f"need one non-negative weight per sampler, got {list(weights)} for {len(samplers)}")
     p = weights / weights.sum()
-    if samples_per_epoch < shard_count:
-        raise ValueError(f"samples_per_epoch {samples_per_epoch} is smaller than the {shard_count} shards")
 
     def make(_, rng):
         return samplers[int(rng.choice(len(samplers), p=p))].sample(rng)
 
-    # seeded before slicing, so that episode i's generator depends on its global position
+    # seeded before anything picks elements, so that episode i's generator depends on i alone
     ds = grain.MapDataset.range(samples_per_epoch).repeat(num_epochs).seed(seed).random_map(make)
-    ds = ds.slice(slice(shard_index, None, shard_count))
-    return ds if batch_size is None else ds.batch(batch_size, drop_remainder=True)
+    if batch_size is None:
+        return ds
+    rows = np.arange(batch_size) if rows is None else np.asarray(rows, np.int64)
+    if not len(rows) or rows.min() < 0 or rows.max() >= batch_size or len(set(rows.tolist())) != len(rows):
+        raise ValueError(f"rows must be distinct positions in a batch of {batch_size}, got {rows.tolist()}")
+    if not np.array_equal(rows, np.arange(batch_size)):
+        whole, n = ds, len(rows)
+        ds = grain.MapDataset.range(len(whole) // batch_size * n).map(
+            lambda j: whole[j // n * batch_size + int(rows[j % n])]
+        )
+    return ds.batch(len(rows), drop_remainder=True)
 
 
 def iterator(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 4, threads: int = 2):

@@ -22,7 +22,10 @@ skips the episodes already done, `shard_index`/`shard_count` take episodes i wit
 i % shard_count == shard_index, and the numbers are computed from the records of all shards once
 every episode is done, so they do not depend on how the work was split or interrupted. A run
 whose shards are not all done reports its progress and writes no results; a last run with any
-shard settings (typically shard_count=1) then finds everything done and writes them.
+shard settings (typically shard_count=1) then finds everything done and writes them. In a
+multi-process job (`segic_jax.distributed`) with a workdir, the processes are the shards: process p
+of P takes episodes i with i % P == p, and once all are done every process merges the records
+(process 0 alone writes the results); without a workdir each process evaluates every episode.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import os
 import sys
 from typing import Any, Callable, Iterator, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax import checkpoints
+from segic_jax import checkpoints, distributed
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_semantic, episode_pools
 from segic_jax.evaluation import records, report
@@ -427,6 +431,30 @@ def _summary(results: list[UnitResult]) -> dict:
     return {"complete": True, "episodes": sum(r.total for r in results), **means, "folds": folds}
 
 
+def _job_shard(shard: tuple[int, int], workdir: str | None) -> tuple[tuple[int, int], bool]:
+    """(the shard this process evaluates, whether the processes of a multi-process job share the work)."""
+    if jax.process_count() == 1 or not workdir:
+        return shard, False
+    if shard != (0, 1):
+        raise ValueError(
+            f"shard_index/shard_count ({shard[0]} of {shard[1]}) split the work between separate runs; the "
+            f"{jax.process_count()} processes of this job take their shares themselves: leave them at 0 and 1"
+        )
+    return (jax.process_index(), jax.process_count()), True
+
+
+def _after_every_shard(work: Callable[[], Any], joint: bool, everyone: bool = True):
+    """`work()` for this process's shard. In a job whose processes share the work, once they are all
+    done, `work()` again (on every process, or on process 0 alone): it then finds every shard's
+    records (or videos) on disk and only merges them."""
+    result = work()
+    if joint:
+        distributed.sync("evaluation: every shard done")
+        if everyone or distributed.is_main():
+            result = work()
+    return result
+
+
 def _video(benchmark: str, predictor, data_dir: str, out_dir: str, memory: str, shard: tuple[int, int]) -> dict:
     from segic_jax.evaluation import vos  # written separately; imported only when a video benchmark runs
 
@@ -473,15 +501,17 @@ def evaluate(
     _check_benchmark(benchmark)
     if shard_count > 1 and not workdir:
         raise ValueError("sharding needs a workdir shared by the shards, where their records are merged")
+    shard, joint = _job_shard(shard, workdir)
     if benchmark in VIDEO:
         if not workdir:
             raise ValueError(f"{benchmark} writes its predicted masks: give a workdir")
-        return _video(benchmark, predictor, data_dir, os.path.join(workdir, benchmark), memory, shard)
+        out_dir = os.path.join(workdir, benchmark)
+        return _after_every_shard(lambda: _video(benchmark, predictor, data_dir, out_dir, memory, shard), joint, everyone=False)
     options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress,
                       query_as_support)
     folds = [fold] if isinstance(fold, int) else fold
     units = [_prepare(u, options, workdir) for u in _open(benchmark, data_dir, shots, folds, dataset)]
-    results = [_run_unit(u, options, lambda: predictor, shard) for u in units]
+    results = _after_every_shard(lambda: [_run_unit(u, options, lambda: predictor, shard) for u in units], joint)
     return {"benchmark": benchmark, "shots": shots, **_summary(results)}
 
 
@@ -541,7 +571,7 @@ def run(config, workdir: str) -> dict:
     if config.image_size and config.image_size != image_size:
         raise ValueError(f"config.image_size is {config.image_size} but {checkpoint} was converted for {image_size} px; "
                          "convert it again with --image-size, or set --config.image_size=0")
-    shard = (config.shard_index, config.shard_count)
+    shard, joint = _job_shard((config.shard_index, config.shard_count), workdir)
     options = Options(config.episodes, config.seed, config.baseline_threshold, config.ade20k_reference_min_area,
                       config.chunk_size, model=dict(checkpoint=checkpoint, dtype=config.dtype, image_size=image_size),
                       query_as_support=config.query_as_support)
@@ -562,12 +592,18 @@ def run(config, workdir: str) -> dict:
             loaded.append(Predictor.from_checkpoint(checkpoint, dtype=config.dtype, batch_size=config.batch_size))
         return loaded[0]
 
-    benchmarks: dict[str, dict] = {}
-    for (b, shots), units in plan.items():
-        results = [_run_unit(u, options, get_predictor, shard) for u in units]
-        benchmarks.setdefault(b, {})[f"{shots}-shot"] = _summary(results)
-    video = {b: _video(b, get_predictor(), config.data_dir, os.path.join(workdir, b), config.vos_memory, shard)
-             for b in config.benchmarks if b in VIDEO}
+    def few_shot_results():
+        benchmarks: dict[str, dict] = {}
+        for (b, shots), units in plan.items():
+            results = [_run_unit(u, options, get_predictor, shard) for u in units]
+            benchmarks.setdefault(b, {})[f"{shots}-shot"] = _summary(results)
+        return benchmarks
+
+    benchmarks = _after_every_shard(few_shot_results, joint)
+    video = _after_every_shard(lambda: {
+        b: _video(b, get_predictor(), config.data_dir, os.path.join(workdir, b), config.vos_memory, shard)
+        for b in config.benchmarks if b in VIDEO
+    }, joint, everyone=False)
 
     pending = {f"{b} {s}": v for b, by_shots in benchmarks.items() for s, v in by_shots.items() if not v["complete"]}
     if pending:
@@ -584,7 +620,8 @@ def run(config, workdir: str) -> dict:
         "benchmarks": benchmarks,
         "video": video,
     }
-    report.write(workdir, results, plot=config.plot)
+    if distributed.is_main():
+        report.write(workdir, results, plot=config.plot)
     return results
 
 

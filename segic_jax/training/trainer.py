@@ -3,16 +3,18 @@
     python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
     python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/
 
-One process per host (`jax.distributed.initialize` when the environment describes several);
-devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the head and its
-optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp" (replicated when
-it is 1). Process p reads episodes p, p + P, ... of the seeded stream, so the global batch does not
-depend on the number of hosts, and the loss is normalised over the global batch, so it does not
-depend on the number of devices either.
+One process per host (`segic_jax.distributed`: jax.distributed joins them when the environment
+describes several); devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the
+head and its optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp"
+(replicated when it is 1). Each process reads the episodes of the global batch rows its devices hold
+(row r of step s is episode s * global_batch_size + r of the seeded stream, and its text prompt is
+drawn from (seed, s, r)), so the global batch does not depend on the number of processes, and the
+loss is normalised over the global batch, so it does not depend on the number of devices either.
 
 Workdir layout:
-  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG, data iterator state
-                        (written asynchronously; a step without its commit marker is never read)
+  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG (the step also fixes where
+                        the data continues); written asynchronously, a step without its commit
+                        marker is never read
   logs/                 TensorBoard events and metrics.jsonl
   images/               predictions on a held-out episode at each evaluation
   export/               the trained model as an inference checkpoint (head/, dinov2/, clip_text/),
@@ -36,7 +38,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from segic_jax import checkpoints, files
+from segic_jax import checkpoints, distributed, files
 from segic_jax.conversion.clip_text import TOKENIZER_FILES
 from segic_jax.conversion.core import find_files
 from segic_jax.data.sources import text
@@ -106,15 +108,15 @@ class TextTable:
         self.prompts = ["", INSTANCE_PROMPT] + sorted({class_prompt(n) for n in class_names if n} - {""})
         self.index = {p: i for i, p in enumerate(self.prompts)}
 
-    def choose(self, rng: np.random.Generator, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
+    def choose(self, draws: np.ndarray, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
         """Per image: the instance prompt, or "a photo of a {name}" with probability text_prob
-        (the draw independent per image, docs/original.md 2.2), else ""."""
+        (draws: one uniform number per image, independent, docs/original.md 2.2), else ""."""
         out = np.empty(len(names), np.int32)
-        for i, (inst, name) in enumerate(zip(is_instance, names)):
+        for i, (inst, name, draw) in enumerate(zip(is_instance, names, draws)):
             name = text(name)
             if inst:
                 out[i] = self.index[INSTANCE_PROMPT]
-            elif name and rng.random() < text_prob:
+            elif name and draw < text_prob:
                 out[i] = self.index[class_prompt(name)]
             else:
                 out[i] = self.index[""]
@@ -122,6 +124,14 @@ class TextTable:
 
 
 # --- sharding -------------------------------------------------------------------------------
+
+
+def local_rows(sharding, batch_size: int) -> np.ndarray:
+    """The rows of a (batch_size, ...) array sharded as `sharding` that this process's devices hold,
+    in the order `jax.make_array_from_process_local_data` takes them (all rows in one process)."""
+    spans = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+             for s in sharding.addressable_devices_indices_map((batch_size,)).values()}
+    return np.concatenate([np.arange(a, b) for a, b in sorted(spans)])
 
 
 def make_mesh(fsdp: int) -> jax.sharding.Mesh:
@@ -188,12 +198,17 @@ class Trainer:
 
     def _build(self, config) -> None:
         c = config
+        if jax.process_count() > 1 and not jax.distributed.is_initialized():
+            # without jax.distributed the processes cannot agree where to stop on a preemption
+            raise ValueError(f"this job has {jax.process_count()} processes but jax.distributed was not initialized: "
+                             "set SEGIC_JAX_DISTRIBUTED=1 on every process (see segic_jax/distributed.py)")
         if c.train.global_batch_size % jax.process_count():
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {jax.process_count()} processes")
         self.mesh = make_mesh(c.mesh.fsdp)
         if c.train.global_batch_size % self.mesh.size:
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
-        self.local_batch = c.train.global_batch_size // jax.process_count()
+        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
+        self.rows = local_rows(self.batch_sharding, c.train.global_batch_size)
         self.is_main = jax.process_index() == 0
 
         # models
@@ -220,12 +235,12 @@ class Trainer:
             semantic_aug=episodes.SemanticAugment(scale_range=scale, square_reference=c.data.square_reference),
         )
         self.dataset = episodes.episode_stream(
-            self.samplers, batch_size=self.local_batch, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
-            weights=weights, shard_index=jax.process_index(), shard_count=jax.process_count(),
+            self.samplers, batch_size=c.train.global_batch_size, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
+            weights=weights, rows=self.rows,
         )
         self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
-        self.iterator = episodes.iterator(self.dataset, c.data.workers, c.data.prefetch, c.data.threads)
+        self.iterator = None  # started at the first batch, from the step then current
 
         # text prompts: encoded once, CLIP is not run in the step
         self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
@@ -245,7 +260,6 @@ class Trainer:
         self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
         self.encoder_graph, encoder_state = nnx.split(self.encoder)
         replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
         params = jax.device_put(params, replicated)
         self.rest = jax.device_put(self.rest, replicated)
         self.encoder_state = jax.device_put(encoder_state, encoder_sharding(self.mesh, encoder_state))
@@ -278,27 +292,30 @@ class Trainer:
         return ocp.CheckpointManager(self.ckpt_dir, options=options)
 
     def _state_tree(self) -> dict:
+        # step and key replicated over the mesh like the rest (orbax refuses single-device arrays in a
+        # multi-process job), put there from host values (jax cannot put a single-device array there
+        # when each process has one device)
+        replicated = NamedSharding(self.mesh, P())
+        step = np.asarray(self.state.step, np.int64 if jax.config.jax_enable_x64 else np.int32)
         return {
             "params": self.state.params,
             "opt_state": self.state.opt_state,
-            "step": jnp.asarray(self.state.step, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32),
-            "rng": jax.random.key_data(self.base_key),
+            "step": jax.device_put(step, replicated),
+            "rng": jax.device_put(np.asarray(jax.random.key_data(self.base_key)), replicated),
         }
 
     def save(self, force: bool = False) -> bool:
-        import grain
         import orbax.checkpoint as ocp
 
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(self._state_tree()), data=grain.checkpoint.CheckpointSave(self.iterator)
-        )
+        args = ocp.args.Composite(state=ocp.args.StandardSave(self._state_tree()))
         return self.manager.save(self.state.step, args=args, force=force)
 
     def restore(self) -> bool:
         """Continue from the latest checkpoint that restores. One that does not (damaged on disk) is
         moved to workdir/checkpoints_unreadable/ and named, and the one before it is tried; nothing is
-        deleted. The metric logs then drop what was logged after the resumed step."""
-        import grain
+        deleted. The metric logs then drop what was logged after the resumed step. The data continues
+        at the resumed step's batch (the batches are a function of the step), so a run may resume on
+        another number of processes, devices or data workers."""
         import orbax.checkpoint as ocp
 
         skipped = []
@@ -306,17 +323,16 @@ class Trainer:
         while (latest := self.manager.latest_step()) is not None:
             try:
                 restored = self.manager.restore(
-                    latest, args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(self.iterator)
-                    ),
+                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )
-            except Exception as e:  # orbax, tensorstore and grain raise many types for a damaged checkpoint
+            except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
                 skipped.append(self._set_aside(latest, reason))
                 continue
             tree = restored.state
             self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
             self.base_key = jax.random.wrap_key_data(tree["rng"])
+            self.iterator = None  # the next batch is the resumed step's
             for line in skipped:
                 print(line, flush=True)
             dropped = self.writer.resume_at(self.state.step)
@@ -336,6 +352,7 @@ class Trainer:
         if self.is_main and os.path.isdir(src):
             os.makedirs(aside, exist_ok=True)
             os.rename(src, dst)
+        distributed.sync(f"checkpoint {step} set aside")  # before any process looks for the latest again
         self.manager.close()
         self.manager = self._manager()
         return f"skipped the checkpoint of step {step} ({src}: {reason}); moved it to {dst}."
@@ -358,13 +375,20 @@ class Trainer:
 
     def next_batch(self) -> tuple[dict, dict]:
         """The next global batch as sharded device arrays, plus its host-side fields."""
+        if self.iterator is None:
+            from segic_jax.data import episodes
+
+            d = self.config.data
+            self.iterator = episodes.iterator(self.dataset[self.state.step:], d.workers, d.prefetch, d.threads)
         episode = next(self.iterator)
-        rng = np.random.default_rng((self.config.seed, self.state.step, jax.process_index()))
+        # per row of the global batch, whichever process holds it: (L, 2), target's and reference's
+        draws = np.stack([np.random.default_rng((self.config.seed, self.state.step, int(r))).random(2) for r in self.rows])
         host = {k: episode[k] for k in HOST_ONLY_FIELDS}
         arrays = {k: v for k, v in episode.items() if k not in HOST_ONLY_FIELDS}
         # the reference image of a semantic episode carries the same class name, drawn independently
-        arrays["target_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
-        arrays["reference_prompt"] = self.text.choose(rng, host["is_instance"], host["class_name"], self.config.train.text_prob)
+        prob = self.config.train.text_prob
+        arrays["target_prompt"] = self.text.choose(draws[:, 0], host["is_instance"], host["class_name"], prob)
+        arrays["reference_prompt"] = self.text.choose(draws[:, 1], host["is_instance"], host["class_name"], prob)
         batch = {
             k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in arrays.items()
         }
@@ -385,17 +409,28 @@ class Trainer:
         return nnx.merge(self.head_graph, *jax.device_put(jax.device_get((self.state.params, self.rest)), device))
 
     def evaluate(self, tag: str) -> dict:
-        """Held-out evaluation of the current head (config.eval), with a prediction image."""
+        """Held-out evaluation of the current head (config.eval), with a prediction image. In a
+        multi-process job the processes split the episodes, their records meeting in
+        workdir/eval_records/ (removed afterwards), and all return the same scores."""
+        import shutil
+
         from segic_jax.evaluation import runner
 
         c = self.config.eval
         predictor = runner.model_predictor(self.current_head(), self.encoder, self.text_model, self.tokenizer)
         data_dir = os.path.expanduser(c.data_dir) if c.data_dir else self.data_dir
         dataset = c.dataset or None
+        records = os.path.join(self.workdir, "eval_records") if jax.process_count() > 1 else None
+        if records and self.is_main:
+            shutil.rmtree(records, ignore_errors=True)  # left by a run stopped during an evaluation
+        distributed.sync(f"evaluation {tag}: records cleared")
         result = runner.evaluate(
             predictor, c.benchmark, data_dir, shots=c.shots, episodes=c.episodes, seed=c.seed, dataset=dataset,
-            progress=False,
+            workdir=records, progress=False,
         )
+        distributed.sync(f"evaluation {tag}: records read")
+        if records and self.is_main:
+            shutil.rmtree(records)
         scores = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.writer.scalars(self.state.step, scores)
         if self.is_main and c.images:
@@ -432,7 +467,10 @@ class Trainer:
         self._interrupts += 1
         if self._interrupts > 1:
             raise KeyboardInterrupt
-        self._stop_requested = True
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's notifier: every process stops at the same step
+        else:
+            self._stop_requested = True
         print("\nstopping after this step with a checkpoint (Ctrl-C again to abort without one)", flush=True)
 
     def run(self) -> dict:
@@ -443,7 +481,9 @@ class Trainer:
         resumed = self.restore()
         if resumed:
             print(f"resumed from step {self.state.step} in {self.ckpt_dir}", flush=True)
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        # In a multi-process job SIGTERM is left to jax's preemption notifier, which tells every process
+        # so that all stop at the same step (`reached_preemption`); a handler here would stop one alone.
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() and jax.process_count() == 1 else None
         previous_int = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         Metrics = clu_metrics.Collection.create(
             loss=clu_metrics.Average.from_output("loss"),
@@ -582,21 +622,9 @@ def _jsonable(x):
     return x
 
 
-def maybe_initialize_distributed() -> None:
-    """Join the other hosts when the environment describes a multi-process job (TPU pods, SLURM,
-    or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set)."""
-    multi = (
-        bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    )
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-
-
 def train(config, workdir: str) -> dict:
     """Train as `config` says; returns the summary (also written to workdir/summary.json)."""
-    maybe_initialize_distributed()
+    distributed.initialize()
     trainer = Trainer(config, workdir)
     try:
         summary = trainer.run()

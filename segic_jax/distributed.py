@@ -73,14 +73,15 @@ def initialize() -> None:
     num_processes, process_id = _int_env("JAX_NUM_PROCESSES", 1), _int_env("JAX_PROCESS_ID", 0)
     timeouts = {arg: value for name, (arg, _) in TIMEOUTS.items() if (value := _int_env(name, 1)) is not None}
     limit = timeouts.get("initialization_timeout", TIMEOUTS["SEGIC_JAX_INIT_TIMEOUT"][1])
-    me = "" if process_id is None else f" as process {process_id}" + ("" if num_processes is None else f" of {num_processes}")
+    me = "" if process_id is None else f" as process {process_id}"
+    me += "" if num_processes is None or process_id is None else f" of {num_processes}"
     print(f"joining the job{me}{f' at {address}' if address else ''} (waiting up to {limit} s for every process)",
           file=sys.stderr, flush=True)
     try:
         jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id, **timeouts)
-    except ValueError as e:  # jax found no process count or id in the environment
-        raise ValueError(f"{_first_line(e).rstrip('.')}: with JAX_COORDINATOR_ADDRESS set, set JAX_NUM_PROCESSES "
-                         "(the process count) and JAX_PROCESS_ID (0 .. count - 1, one per process) too") from None
+    except ValueError as e:  # no process count or id (none set, none detected), or an id out of range
+        raise ValueError(f"{_first_line(e).rstrip('.')}: set JAX_NUM_PROCESSES (the process count) and "
+                         "JAX_PROCESS_ID (0 .. count - 1, one per process) with JAX_COORDINATOR_ADDRESS") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -4,7 +4,7 @@ for step; a SIGTERM to one process stops both at one step with a checkpoint, fro
 two-process job (or one process) continues with the uninterrupted run's losses; the held-out
 evaluation during training and `--mode eval`, split over the processes, give the single-process
 scores; a process that is killed, frozen or never started makes the others exit with an error
-within a bounded time."""
+within a bounded time; a manual launch missing its process count or id is refused."""
 
 import json
 import os
@@ -275,3 +275,14 @@ def test_a_process_whose_peers_never_come_fails_after_the_init_timeout(data_dir,
     log = job.log(1)
     assert "joining the job as process 1 of 2 at 127.0.0.1:" in log and "waiting up to 5 s" in log, log[-3000:]
     assert "DEADLINE_EXCEEDED" in log, log[-3000:]
+
+
+def test_a_manual_launch_without_a_process_count_or_id_is_refused(data_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    for extra, said in (({}, "process id of the current process must be defined"),
+                        ({"JAX_PROCESS_ID": "2"}, "Got process_id=2, num_processes=2")):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *_train(tmp_path / "run", data_dir)],
+                                capture_output=True, text=True, env={**env, **extra}, cwd=ROOT, timeout=LIMIT)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "error: " in result.stderr and said in result.stderr and "set JAX_NUM_PROCESSES" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from test_eval_runner import _save_tiny_checkpoint
+from tiny_checkpoint import save_tiny_checkpoint
 from test_trainer import ROOT, TINY_DATA, TINY_OVERRIDES
 from segic_jax.training import trainer as trainer_lib
 from segic_jax.training.writer import read_metrics
@@ -211,7 +211,7 @@ def test_evaluation_split_over_two_processes_scores_as_one(data_dir, tmp_path):
     from configs import eval as eval_config
     from segic_jax.evaluation import runner
 
-    checkpoint = _save_tiny_checkpoint(str(tmp_path / "ckpt"))  # random weights: masks of every size
+    checkpoint = save_tiny_checkpoint(str(tmp_path / "ckpt"))  # random weights: masks of every size
     args = ["--mode", "eval", "--config", os.path.join(ROOT, "configs", "eval.py:synthetic"),
             f"--config.checkpoint={checkpoint}", f"--config.data_dir={data_dir}", "--config.episodes=8",
             "--config.chunk_size=2", "--config.plot=False"]
@@ -250,7 +250,7 @@ def test_a_killed_process_makes_the_other_exit_within_seconds(data_dir, tmp_path
 def test_a_frozen_process_is_declared_dead_after_the_heartbeat_timeout(data_dir, tmp_path):
     """A process that stops answering (here SIGSTOP; a hung host) would hold the others in their
     next collective for ever: jax stops them once its heartbeats are missing for the timeout."""
-    checkpoint = _save_tiny_checkpoint(str(tmp_path / "ckpt"))
+    checkpoint = save_tiny_checkpoint(str(tmp_path / "ckpt"))
     job = Job(tmp_path / "frozen", ["--mode", "eval", "--config", os.path.join(ROOT, "configs", "eval.py:synthetic"),
                                     f"--config.checkpoint={checkpoint}", f"--config.data_dir={data_dir}",
                                     "--workdir", str(tmp_path / "eval")], env={"SEGIC_JAX_HEARTBEAT_TIMEOUT": "5"})

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from fake_datasets import write_ade, write_fss, write_lvis, build_args, fake_splits
-from tiny_checkpoint import save_tiny_checkpoint
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_image, decode_instances, decode_semantic
@@ -56,16 +55,6 @@ def data_dir(tmp_path_factory):
     for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis"), ("ade20k_semantic", "ade"), (SYNTHETIC, None)):
         build_cli.build(name, str(root / files) if files else None, data, splits=fake_splits(name))
     return data
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_segic") / "ckpt"))
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint):
-    return Predictor.from_checkpoint(checkpoint)
 
 
 # --- metric plumbing with constructed predictions ---------------------------------------------

@@ -24,21 +24,9 @@ from sandbox import marking_stand_in, python_path
 from segic_jax import serve
 from segic_jax.data.images import load_image
 from segic_jax.inference import predict
-from segic_jax.inference.predictor import Predictor
-from tiny_checkpoint import save_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return save_tiny_checkpoint(str(tmp_path_factory.mktemp("serve") / "ckpt"))
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint):
-    return Predictor.from_checkpoint(checkpoint)
 
 
 @pytest.fixture

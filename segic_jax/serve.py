@@ -4,7 +4,8 @@ r"""The interactive page: in-context segmentation in a browser (Gradio).
     python -m segic_jax.serve --checkpoint ckpt/segic --host 0.0.0.0 --port 8080
     python main.py --mode serve                              # the demo model of the README's set-up command
 
-Upload up to three reference images, paint over what to find in each (or upload its mask), optionally
+Upload up to three reference images, paint over what to find in each (the editor under the upload shows
+a copy to paint on; it draws with WebGL, so where the browser has none, upload the mask), optionally
 name its class, upload one or more targets and press Segment. Each target comes back with its masks
 tinted over it, the propagated mask of each concept as a heatmap with its point prompt, and the binary
 masks as PNG files to download: the predict command's pictures (`predict.render`), made from the same
@@ -51,7 +52,7 @@ DEMO_EXPORT = os.path.join(DEMO_WORKDIR, "export")
 DEMO_COMMAND = f"python main.py --config configs/segic.py --workdir {DEMO_WORKDIR}"
 DEFAULT_PORT = 7860
 KEPT_RUNS = 16  # output folders of earlier presses kept for their download links
-EDITOR_CANVAS = (800, 800)  # (W, H) of the editor's canvas before an upload; painting on it sends it white
+SLOT = 4  # the page's values per reference slot: image file, painting, mask file, class name
 
 
 class Reference(NamedTuple):
@@ -84,34 +85,38 @@ def _named_errors(load, path: str, *args):
         raise ValueError(str(e).replace(path, os.path.basename(path))) from None
 
 
-def _editor_layers(value, index: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """An ImageEditor value ({"background", "layers", "composite"} of numpy arrays) -> the reference
-    image and the painted mask (alpha > 127 in any layer). The image is None when nothing was
-    uploaded: Gradio then sends no background, or, once painted on, its blank white canvas."""
-    value = value or {}
-    if value.get("background") is None:
-        return None, np.zeros((0, 0), bool)
-    background = np.asarray(value["background"])
-    image = np.repeat(background[..., None], 3, -1) if background.ndim == 2 else background[..., :3]
-    painted = np.zeros(image.shape[:2], bool)
-    for layer in (np.asarray(x) for x in value.get("layers") or []):  # (H, W, 4): the editor's image_mode is RGBA
-        if layer.shape[:2] != image.shape[:2]:
+def _painting(editor, image_hw: tuple[int, int], index: int) -> np.ndarray:
+    """The painted mask of an ImageEditor value ({"background", "layers", "composite"} of numpy
+    arrays; its layers RGBA): alpha > 127 in any layer, checked against the reference image's size.
+    The editor shows the uploaded reference image (the page copies it there), so a painting of
+    another size was made on an earlier image or on the empty canvas."""
+    painted = np.zeros(image_hw, bool)
+    for layer in _brush_layers(editor):
+        if layer.shape[:2] != tuple(image_hw):
             raise ValueError(f"reference {index}: the painting is {layer.shape[1]}x{layer.shape[0]} but the image is "
-                             f"{image.shape[1]}x{image.shape[0]}; upload the image again and repaint")
+                             f"{image_hw[1]}x{image_hw[0]}; paint again over the image shown in the editor")
         painted |= layer[..., 3] > 127
-    blank = image.shape[1::-1] == EDITOR_CANVAS and (image == 255).all()
-    return (None if blank else np.ascontiguousarray(image, np.uint8)), painted
+    return painted
 
 
-def read_reference(index: int, editor, mask_file: str | None, name: str | None) -> tuple[Reference | None, str | None]:
-    """One reference slot of the page (1-based `index`) -> the reference (None for an unused slot)
-    and a note for the user, if any. An uploaded mask file wins over the painting."""
-    image, painted = _editor_layers(editor, index)
+def _brush_layers(editor) -> list[np.ndarray]:
+    """The editor's layers with any paint in them (an untouched layer has the canvas's size, whatever it is)."""
+    layers = (np.asarray(x) for x in (editor or {}).get("layers") or [])
+    return [layer for layer in layers if layer.ndim == 3 and layer.shape[-1] == 4 and (layer[..., 3] > 127).any()]
+
+
+def read_reference(index: int, image_file: str | None, editor, mask_file: str | None,
+                   name: str | None) -> tuple[Reference | None, str | None]:
+    """One reference slot of the page (1-based `index`): the uploaded image file, the painting over
+    it, an uploaded mask file and a class name -> the reference (None for an unused slot) and a note
+    for the user, if any. An uploaded mask file wins over the painting."""
     name = (name or "").strip()
-    if image is None:
-        if mask_file or name or painted.any():
+    if not image_file:
+        if mask_file or name or _brush_layers(editor):
             raise ValueError(f"reference {index}: upload the reference image (its painting, mask or name has no image)")
         return None, None
+    image = _named_errors(load_image, image_file)
+    painted = _painting(editor, image.shape[:2], index)
     note = None
     if mask_file:
         mask = _named_errors(load_mask, mask_file, image.shape[:2], f"reference {index}")
@@ -138,11 +143,11 @@ def read_targets(paths: Sequence[str] | None) -> list[Target]:
 
 
 def read_inputs(values: Sequence) -> tuple[list[Reference], list[Target], list[str]]:
-    """The page's values in order (editor, mask file, class name of each reference slot, then the
-    target files) -> references, targets and notes; a ValueError says what to fix."""
+    """The page's values in order (image file, painting, mask file and class name of each reference
+    slot, then the target files) -> references, targets and notes; a ValueError says what to fix."""
     references, notes = [], []
     for i in range(MAX_REFERENCES):
-        reference, note = read_reference(i + 1, *values[3 * i: 3 * i + 3])
+        reference, note = read_reference(i + 1, *values[SLOT * i: SLOT * i + SLOT])
         if reference is not None:
             references.append(reference)
         if note:
@@ -283,25 +288,30 @@ def build_page(session: Session, model_note: str):
     """The Gradio Blocks of the page (launched by `serve`)."""
     gr = _import_gradio()
     example = synthetic_example(os.path.join(session.out_dir, "example"))
-    editors, masks, names = [], [], []
+    images, editors, masks, names = [], [], [], []
     # the files Gradio makes for the page: swept hourly of those a day old (and at a clean shutdown)
     with gr.Blocks(title="SEGIC in-context segmentation", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
         gr.Markdown("## SEGIC in-context segmentation\n"
-                    "Show the model what to find: upload a reference image and paint over the object (or upload its "
-                    "mask: foreground > 127, or palette index != 0). Name its class if you like; references with the "
-                    "same name are shots of one class, unnamed references are each their own concept. Then upload "
-                    f"targets and press **Segment**.\n\n{model_note}")
+                    "Show the model what to find: upload a reference image, then paint over the object in the editor "
+                    "below it (or upload its mask: foreground > 127, or palette index != 0). Name its class if you "
+                    "like; references with the same name are shots of one class, unnamed references are each their "
+                    "own concept. Then upload targets and press **Segment**. Painting needs WebGL in the browser; "
+                    f"without it, upload the mask.\n\n{model_note}")
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Tabs():
                     for i in range(MAX_REFERENCES):
                         with gr.Tab(f"Reference {i + 1}"):
+                            # the upload is a plain image (the file as sent, read as the predict command reads
+                            # it); the editor gets a copy to paint on and works only where the browser has WebGL
+                            images.append(gr.Image(label="reference image", elem_id=f"reference-{i}", type="filepath",
+                                                   image_mode=None, sources=["upload", "clipboard"], height=240))
                             editors.append(gr.ImageEditor(
-                                label="reference image: paint the mask over it", elem_id=f"reference-{i}", type="numpy",
-                                sources=["upload", "clipboard"], transforms=(), layers=False, height=420,
-                                canvas_size=EDITOR_CANVAS,
+                                label="paint the mask over it", elem_id=f"paint-{i}", type="numpy", sources=None,
+                                transforms=(), layers=False, height=420,
                                 brush=gr.Brush(colors=["#ff3c3c"], color_mode="fixed"),
                             ))
+                            images[i].change(lambda path: path, images[i], editors[i], queue=False)
                             masks.append(gr.File(label="or upload its mask", elem_id=f"reference-mask-{i}",
                                                  file_types=["image"], type="filepath"))
                             names.append(gr.Textbox(label="class name (optional)", elem_id=f"class-name-{i}",
@@ -319,10 +329,10 @@ def build_page(session: Session, model_note: str):
                                     format="png", columns=3, height=360)
         mask_files = gr.File(label="binary masks (PNG, 0/255 at each target's size)", elem_id="masks",
                              file_count="multiple", interactive=False)
-        inputs = [c for i in range(MAX_REFERENCES) for c in (editors[i], masks[i], names[i])] + [targets]
+        inputs = [c for i in range(MAX_REFERENCES) for c in (images[i], editors[i], masks[i], names[i])] + [targets]
         run.click(segment_handler(session), inputs, [status, overlays, propagated, mask_files], concurrency_limit=1)
         load_example.click(lambda: (example["reference"], example["mask"], example["name"], example["targets"]),
-                           None, [editors[0], masks[0], names[0], targets])
+                           None, [images[0], masks[0], names[0], targets])
     return page
 
 

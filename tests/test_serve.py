@@ -19,6 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from typing import NamedTuple
 
 from sandbox import marking_stand_in, python_path
 from segic_jax import serve
@@ -46,19 +47,42 @@ def _save(path, array):
     return str(path)
 
 
+class _Slot(NamedTuple):
+    image: np.ndarray | None  # the uploaded reference image, None for none
+    painted: np.ndarray | None  # where the brush went, None for no painting
+
+
 def _editor(image, painted=None):
-    """An ImageEditor value as Gradio hands it over (type numpy, RGBA): the upload and one brush layer."""
-    background = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
-    layer = np.zeros(image.shape[:2] + (4,), np.uint8)
-    if painted is not None:
-        layer[painted] = (255, 60, 60, 255)
+    return _Slot(image, painted)
+
+
+def _editor_value(slot: _Slot):
+    """An ImageEditor value as Gradio hands it over (type numpy, RGBA): the image the page copied
+    there as background (none if nothing was uploaded) and one brush layer (the canvas's size)."""
+    layer = np.zeros((slot.painted if slot.painted is not None else slot.image).shape[:2] + (4,), np.uint8)
+    if slot.painted is not None:
+        layer[slot.painted] = (255, 60, 60, 255)
+    background = None
+    if slot.image is not None:
+        background = np.concatenate([slot.image, np.full(slot.image.shape[:2] + (1,), 255, np.uint8)], -1)
     return {"background": background, "layers": [layer], "composite": background}
 
 
-def _values(references, targets):
-    """The page's values in order: (editor, mask file, class name) per reference slot, then the targets."""
-    slots = list(references) + [(None, None, "")] * (serve.MAX_REFERENCES - len(references))
-    return [v for slot in slots for v in slot] + [targets]
+def _values(folder, references, targets):
+    """The page's values in order: (image file, painting, mask file, class name) per reference slot,
+    then the targets; `references` are (_editor(image, painted), mask file, name), each image
+    written to a file of its own as an upload is."""
+    values = []
+    for slot, mask_file, name in references:
+        image_file = None
+        if slot.image is not None:
+            handle, image_file = tempfile.mkstemp(suffix=".png", dir=folder)
+            os.close(handle)
+            _save(image_file, slot.image)
+        values += [image_file, _editor_value(slot) if slot.image is not None or slot.painted is not None else None,
+                   mask_file, name]
+    values += [None, None, None, ""] * (serve.MAX_REFERENCES - len(references))
+    return values + [targets]
 
 
 def _counting_encodes(monkeypatch, predictor) -> list:
@@ -89,7 +113,7 @@ def test_segment_button_gives_the_predictors_masks_and_encodes_the_context_once(
     calls = _counting_encodes(monkeypatch, predictor)
     segment = serve.segment_handler(session)
 
-    status, overlays, propagated, mask_files = segment(*_values([(_editor(ref, mask), None, " ")], targets))
+    status, overlays, propagated, mask_files = segment(*_values(tmp_path, [(_editor(ref, mask), None, " ")], targets))
     assert len(calls) == 1 and status.startswith("**context encoded from 1 reference (1 concept)")
     assert [os.path.basename(f) for f in mask_files] == ["a_mask0.png", "b_mask0.png"]
     for path, image, pred in zip(mask_files, images, expected):
@@ -101,18 +125,18 @@ def test_segment_button_gives_the_predictors_masks_and_encodes_the_context_once(
         assert np.array_equal(overlay, pictures.overlay) and np.array_equal(heat, pictures.propagated[0])
 
     # only the targets change: decoded against the cached context
-    status, _, _, mask_files = segment(*_values([(_editor(ref, mask), None, "")], targets[1:]))
+    status, _, _, mask_files = segment(*_values(tmp_path, [(_editor(ref, mask), None, "")], targets[1:]))
     assert len(calls) == 1 and status.startswith("**context reused")
     assert np.array_equal(_read_mask(mask_files[0]), expected[1].masks[0])
     # the same mask uploaded instead of painted is the same context
-    assert "context reused" in segment(*_values([(_editor(ref), mask_path, "")], targets))[0]
+    assert "context reused" in segment(*_values(tmp_path, [(_editor(ref), mask_path, "")], targets))[0]
     # a class name, another mask or another image is a new context
-    assert "context encoded" in segment(*_values([(_editor(ref, mask), None, "dog")], targets))[0]
+    assert "context encoded" in segment(*_values(tmp_path, [(_editor(ref, mask), None, "dog")], targets))[0]
     assert calls[-1] == ["dog"]
-    assert "context encoded" in segment(*_values([(_editor(ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
-    assert "context encoded" in segment(*_values([(_editor(255 - ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
+    assert "context encoded" in segment(*_values(tmp_path, [(_editor(ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
+    assert "context encoded" in segment(*_values(tmp_path, [(_editor(255 - ref, np.roll(mask, 3, 1)), None, "dog")], targets))[0]
     assert len(calls) == 4
-    assert "context reused" in segment(*_values([(_editor(ref, mask), None, "dog")], targets))[0]
+    assert "context reused" in segment(*_values(tmp_path, [(_editor(ref, mask), None, "dog")], targets))[0]
     assert len(calls) == 4
 
 
@@ -120,14 +144,14 @@ def test_references_with_one_name_are_shots_of_one_concept(session, predictor, t
     (a, ma), (b, mb) = _scene(rng, 60, 60), _scene(rng, 50, 70, box=(0.1, 0.6, 0.5, 0.9))
     target = _save(tmp_path / "t.png", _scene(rng, 64, 64)[0])
     segment = serve.segment_handler(session)
-    _, overlays, propagated, mask_files = segment(*_values([(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "cat")], [target]))
+    _, overlays, propagated, mask_files = segment(*_values(tmp_path, [(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "cat")], [target]))
     context = predictor.encode_context([a, b], [ma, mb], class_names=["cat"], binarize=False)
     (pred,) = predictor.segment([load_image(target)], context)
     assert [os.path.basename(f) for f in mask_files] == ["t_mask0.png"]
     assert np.array_equal(_read_mask(mask_files[0]), pred.masks[0])
     assert [c for _, c in propagated] == ["t: cat"]
 
-    _, _, propagated, mask_files = segment(*_values([(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "dog")], [target, target]))
+    _, _, propagated, mask_files = segment(*_values(tmp_path, [(_editor(a, ma), None, "cat"), (_editor(b, mb), None, "dog")], [target, target]))
     assert [os.path.basename(f) for f in mask_files] == ["t_mask0.png", "t_mask1.png", "t-2_mask0.png", "t-2_mask1.png"]
     assert [c for _, c in propagated] == ["t: cat", "t: dog", "t-2: cat", "t-2: dog"]
     context = predictor.encode_context([a, b], [np.stack([ma, 0 * ma]), np.stack([0 * mb, mb])], class_names=["cat", "dog"],
@@ -157,24 +181,26 @@ def test_bad_input_is_a_readable_message_and_the_page_carries_on(session, tmp_pa
         ([good], [str(notes)], r"cannot read notes\.png as an image"),
         ([good], [], r"no target: upload at least one target image"),
         ([good], None, r"no target"),
-        ([good, (None, str(small), "")], [good_target], r"reference 2: upload the reference image"),
-        # painted on the editor's blank canvas: Gradio sends it as a white image
-        ([(_editor(np.full((800, 800, 3), 255, np.uint8), np.eye(800, dtype=bool)), None, "")], [good_target],
-         r"reference 1: upload the reference image \(its painting"),
+        ([good, (_editor(None), str(small), "")], [good_target], r"reference 2: upload the reference image"),
+        # painted on the editor's empty canvas, no image uploaded
+        ([(_editor(None, np.eye(800, dtype=bool)), None, "")], [good_target], r"reference 1: upload the reference image \(its painting"),
+        # painted over an earlier image of another size
+        ([(_editor(ref, np.ones((30, 30), bool)), None, "")], [good_target],
+         r"reference 1: the painting is 30x30 but the image is 60x40; paint again"),
         ([(_editor(ref, mask), None, "cat"), good], [good_target], r"name the class of every reference or of none"),
     ]
     segment = serve.segment_handler(session)
     for references, targets, message in cases:
         with pytest.raises(gr.Error) as error:
-            segment(*_values(references, targets))
+            segment(*_values(tmp_path, references, targets))
         assert re.search(message, error.value.message), (message, error.value.message)
         assert str(uploads) not in error.value.message
-    status, _, _, mask_files = segment(*_values([good], [good_target]))
+    status, _, _, mask_files = segment(*_values(tmp_path, [good], [good_target]))
     assert "context encoded" in status and len(mask_files) == 1
     # both a painting and a mask file: the file is used, and the page says so
     mask_path = _save(tmp_path / "mask.png", mask.astype(np.uint8) * 255)
     with pytest.warns(UserWarning, match="the uploaded mask mask.png is used, the painting is not"):
-        status, *_ = segment(*_values([(_editor(ref, np.roll(mask, 5, 0)), mask_path, "")], [good_target]))
+        status, *_ = segment(*_values(tmp_path, [(_editor(ref, np.roll(mask, 5, 0)), mask_path, "")], [good_target]))
     assert "context reused" in status and "the painting is not" in status
 
 
@@ -240,9 +266,12 @@ def _browser(tmp_path):
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1280,1600",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                # no WebGL, as on machines whose Chromium cannot start its software GL: the painting editor
+                # (pixi.js) then does not draw, and the page must work by upload alone
+                "--disable-3d-apis"):
         options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
@@ -271,8 +300,8 @@ def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor
         upload = lambda component, *files: wait.until(ec.presence_of_element_located(
             (By.CSS_SELECTOR, f"#{component} input[type=file]"))).send_keys("\n".join(files))
         upload("reference-0", paths["ref"])
-        # the editor has drawn the upload (its undo comes alive) and the mask file is listed
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-0 button[aria-label='Undo']:not([disabled])")))
+        # the upload is shown and the mask file is listed
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-0 img[src*='ref.png']")))
         upload("reference-mask-0", paths["mask"])
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#reference-mask-0 td[aria-label='ref_mask.png']")))
         # no target yet: a message in the page
@@ -302,6 +331,16 @@ def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor
                      for e in browser.get_log("performance")]
         hosts = {urllib.parse.urlsplit(u).hostname for u in requested if u.startswith(("http", "ws"))}
         assert hosts == {"127.0.0.1"}, hosts
+    except Exception as error:
+        if browser is None:
+            raise
+        # what the page and the server said, for a failure on a machine one cannot look at
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        console = "\n".join(f"{e['level']} {e['message'][:400]}" for e in browser.get_log("browser"))
+        while not lines.empty():
+            log.append(lines.get())
+        raise AssertionError(f"{type(error).__name__}: {error}\nscreenshot: {tmp_path / 'failure.png'}\n"
+                             f"the browser's console:\n{console}\nthe server's output:\n{''.join(log)[-4000:]}") from error
     finally:
         if browser is not None:
             browser.quit()

@@ -82,6 +82,22 @@ def initialize() -> None:
     except ValueError as e:  # no process count or id (none set, none detected), or an id out of range
         raise ValueError(f"{_first_line(e).rstrip('.')}: set JAX_NUM_PROCESSES (the process count) and "
                          "JAX_PROCESS_ID (0 .. count - 1, one per process) with JAX_COORDINATOR_ADDRESS") from None
+    _no_persistent_cache_on_cpus()
+
+
+def _no_persistent_cache_on_cpus() -> None:
+    """Turn the persistent compilation cache off in a multi-process CPU job. Only process 0 writes it
+    and CPU programs' keys name their devices, so process 0 finds its programs there while the others
+    compile theirs; gloo, the CPU collectives, waits only 30 s for every process at the first
+    collective, and processes that arrive further apart fail there."""
+    if jax.process_count() == 1 or jax.default_backend() != "cpu":
+        return
+    if jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_enable_compilation_cache", False)
+        if is_main():
+            print(f"the persistent compilation cache ({jax.config.jax_compilation_cache_dir}) is off for this "
+                  "multi-process CPU job: its processes would reach the first collective too far apart",
+                  file=sys.stderr, flush=True)
 
 
 def _first_line(error: BaseException) -> str:

@@ -51,22 +51,20 @@ class Job:
     """`processes` copies of main.py joined as one job (or one plain process), `devices` CPU devices
     each; output to log files (a pipe left unread could block a process)."""
 
-    def __init__(self, logs, args, processes=2, devices=1, only=None, env=None):
+    def __init__(self, logs, args, processes=2, devices=1, only=None, env=None, cache=""):
         port = _free_port()
         self.logs = [logs.parent / f"{logs.name}.{i}.log" for i in range(processes)]
         self.procs = {}
         for i in (range(processes) if only is None else [only]):
             e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
             e["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-            # no persistent compilation cache: a process that finds its programs there reaches the first
-            # collective long before one that compiles them, and gloo waits only 30 s for the others
-            e.pop("JAX_COMPILATION_CACHE_DIR", None)
+            e.pop("JAX_COMPILATION_CACHE_DIR", None)  # the cache is `cache` ("" = none)
             if processes > 1:  # gloo: the CPU collectives across processes (jax 0.10's default, named here)
                 e.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                          JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
             with open(self.logs[i], "w") as log:
                 self.procs[i] = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *args,
-                                                  "--compilation_cache="], stdout=log, stderr=subprocess.STDOUT,
+                                                  f"--compilation_cache={cache}"], stdout=log, stderr=subprocess.STDOUT,
                                                  env=e, cwd=ROOT)
 
     def log(self, i) -> str:
@@ -129,11 +127,14 @@ def two(data_dir, tmp_path_factory):
     The first job may train on (num_steps may change on resume): where the two stop depends on how
     soon jax's preemption notice reaches them, not on the number of steps left."""
     workdir = tmp_path_factory.mktemp("two") / "run"
-    first = Job(workdir.parent / "first", _train(workdir, data_dir, "--config.train.num_steps=1000"))
+    # main.py's persistent compilation cache, which a multi-process CPU job turns off (its processes
+    # would reach gloo's first collective too far apart once process 0 finds its programs there)
+    cache = workdir.parent / "xla"
+    first = Job(workdir.parent / "first", _train(workdir, data_dir, "--config.train.num_steps=1000"), cache=cache)
     first.wait_for(0, "step 1/1000 ")
     first.procs[1].send_signal(signal.SIGTERM)
     assert first.wait() == {0: 75, 1: 75}, first.tails()
-    second = Job(workdir.parent / "second", _train(workdir, data_dir))
+    second = Job(workdir.parent / "second", _train(workdir, data_dir), cache=cache)
     assert second.wait() == {0: 0, 1: 0}, second.tails()
     return workdir, first, second
 
@@ -171,6 +172,10 @@ def test_two_processes_train_resume_and_evaluate_as_one(single, two):
     assert not (workdir / "eval_records").exists()
     assert (workdir / "images" / f"step_{STEPS:06d}.png").exists()
     assert f"trained {STEPS}/{STEPS} steps" in second.log(0) and "trained" not in second.log(1)  # process 0 reports
+    # the compilation cache was off, and said so once per job
+    cache_off = f"the persistent compilation cache ({workdir.parent / 'xla'}) is off for this multi-process CPU job"
+    assert [job.log(i).count(cache_off) for job in (first, second) for i in (0, 1)] == [1, 0, 1, 0]
+    assert not [p for p in (workdir.parent / "xla").rglob("*") if p.is_file()]
 
     # the export, written by process 0 alone, holds the single-process run's parameters
     one, both = (checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(

@@ -190,3 +190,13 @@ def test_fss1000_replaces_a_mismatched_episode_by_the_next_as_the_original_does(
         assert episodes[1].query != 1 and episodes[5].query != 5
     fitting = [example(b"a", 5, 5)] * 3 + [example(b"b", 5, 5)] * 3
     assert [e.query for e in eval_episodes.fss1000(fitting, seed=0)] == list(range(6))
+
+
+def test_fss1000_without_a_fitting_episode_is_an_error_not_a_hang():
+    def example(h, mask_h):
+        return {"image": _png(np.zeros((h, 4, 3), np.uint8)), "mask": _png(np.zeros((mask_h, 4), np.uint8)),
+                "class_name": b"a"}
+
+    # the one fitting image's only possible support does not fit: no slot can ever be filled
+    with pytest.raises(ValueError, match=r"no FSS-1000 image whose mask is its size has 1 other such image"):
+        eval_episodes.fss1000([example(5, 5), example(5, 6)], seed=0)

@@ -164,8 +164,10 @@ def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
     classes = sorted(set(names))
     ids = [classes.index(n) for n in names]
     images_of = _index([[c] for c in ids])
-    if not any(fits):
-        raise ValueError("no FSS-1000 image has a mask of its size")
+    # a fitting query with `shots` fitting other images of its class: else the search below never ends
+    if not any(fits[q] and sum(fits[i] for i in images_of[c] if i != q) >= shots for q, c in enumerate(ids)):
+        raise ValueError(f"no FSS-1000 image whose mask is its size has {shots} other such image(s) of its class "
+                         "to be its support(s)")
     rng = np.random.default_rng(seed)
     out = []
     for first in range(len(ids)):

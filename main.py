@@ -78,15 +78,10 @@ def main(argv):
 
         if FLAGS.workdir:
             usage_error("--mode serve writes no files: drop --workdir (the model is --checkpoint)")
-        try:
-            serve.serve(FLAGS.checkpoint, host=FLAGS.host, port=FLAGS.port, share=FLAGS.share, dtype=FLAGS.dtype,
-                        batch_size=FLAGS.batch_size)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        except KeyboardInterrupt:  # while the model loads; once serving, Ctrl-C closes the page and returns
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        status = serve.run(FLAGS.checkpoint, host=FLAGS.host, port=FLAGS.port, share=FLAGS.share, dtype=FLAGS.dtype,
+                           batch_size=FLAGS.batch_size)
+        if status:
+            sys.exit(status)
         return
     if not FLAGS.workdir:
         usage_error(f"--mode {FLAGS.mode} needs --workdir, the folder for its outputs")

@@ -373,6 +373,20 @@ def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int =
         page.block_thread()
 
 
+def run(checkpoint: str | None = None, **options) -> int:
+    """`serve` as a command (this module's and main.py's --mode serve): the exit status, a mistake
+    reported in one line."""
+    try:
+        serve(checkpoint, **options)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # while the model loads; once serving, Ctrl-C closes the page and returns
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -395,16 +409,8 @@ def main(argv=None) -> int:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be in 1..65535, got {args.port}")
-    try:
-        serve(args.checkpoint, host=args.host, port=args.port, share=args.share, dtype=args.dtype,
-              batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # while the model loads; once serving, Ctrl-C closes the page and returns
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run(args.checkpoint, host=args.host, port=args.port, share=args.share, dtype=args.dtype,
+               batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

@@ -182,17 +182,15 @@ def _dot_precisions(precision):
     jaxpr = jax.make_jaxpr(fn)(params, rest, tx.init(params), enc_state, jnp.zeros((1, 8)), batch, jax.random.key(0))
     found = []
 
-    def walk(jx):
+    def walk(jx):  # into every sub-program: pjit, remat, scan, custom_vjp, and cond's branches (a tuple)
         for eqn in jx.eqns:
             if eqn.primitive.name == "dot_general":
                 found.append(eqn.params["precision"])
-            for sub in jax.core.subjaxprs(eqn) if hasattr(jax.core, "subjaxprs") else []:
-                walk(sub)
-            for v in eqn.params.values():
-                if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-                    walk(v.jaxpr)
-                elif hasattr(v, "eqns"):
-                    walk(v)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                    if hasattr(sub, "eqns"):
+                        walk(sub)
 
     walk(jaxpr.jaxpr)
     return found

@@ -1,8 +1,10 @@
-"""Helpers for tests that run code in a subprocess with a package made unimportable."""
+"""Helpers for tests that run code in a subprocess: a package made unimportable, the import path,
+a free local port."""
 
 from __future__ import annotations
 
 import os
+import socket
 
 
 def marking_stand_in(root, name: str):
@@ -19,3 +21,10 @@ def marking_stand_in(root, name: str):
 
 def python_path(*folders) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(str(f) for f in folders))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or coordinator the test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

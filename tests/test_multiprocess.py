@@ -9,7 +9,6 @@ within a bounded time; a manual launch missing its process count or id is refuse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from sandbox import free_port
 from tiny_checkpoint import save_tiny_checkpoint
 from test_trainer import ROOT, TINY_DATA, TINY_OVERRIDES
 from segic_jax.training import trainer as trainer_lib
@@ -41,18 +41,12 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Job:
     """`processes` copies of main.py joined as one job (or one plain process), `devices` CPU devices
     each; output to log files (a pipe left unread could block a process)."""
 
     def __init__(self, logs, args, processes=2, devices=1, only=None, env=None, cache=""):
-        port = _free_port()
+        port = free_port()
         self.logs = [logs.parent / f"{logs.name}.{i}.log" for i in range(processes)]
         self.procs = {}
         for i in (range(processes) if only is None else [only]):
@@ -283,7 +277,7 @@ def test_a_process_whose_peers_never_come_fails_after_the_init_timeout(data_dir,
 
 
 def test_a_manual_launch_without_a_process_count_or_id_is_refused(data_dir, tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2")
     for extra, said in (({}, "process id of the current process must be defined"),
                         ({"JAX_PROCESS_ID": "2"}, "Got process_id=2, num_processes=2")):
         result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *_train(tmp_path / "run", data_dir)],

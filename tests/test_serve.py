@@ -7,7 +7,6 @@ import io
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 from typing import NamedTuple
 
-from sandbox import marking_stand_in, python_path
+from sandbox import free_port, marking_stand_in, python_path
 from segic_jax import serve
 from segic_jax.data.images import load_image
 from segic_jax.inference import predict
@@ -228,15 +227,9 @@ def test_gradio_is_imported_by_the_page_alone(tmp_path):
     assert mark.exists()  # the stand-in works
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(checkpoint, tmp_path):
     """`python -m segic_jax.serve` on a free port; returns the process, its URL and its output lines."""
-    port = _free_port()
+    port = free_port()
     env = dict(python_path(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path))
     server = subprocess.Popen([sys.executable, "-m", "segic_jax.serve", "--checkpoint", checkpoint, "--port", str(port)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -164,8 +164,10 @@ def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
     classes = sorted(set(names))
     ids = [classes.index(n) for n in names]
     images_of = _index([[c] for c in ids])
-    # a fitting query with `shots` fitting other images of its class: else the search below never ends
-    if not any(fits[q] and sum(fits[i] for i in images_of[c] if i != q) >= shots for q, c in enumerate(ids)):
+    # the search below ends once a query and its supports fit; it cannot when no fitting query has
+    # `shots` fitting other images of its class (a class short of images is named by `_supports`)
+    if all(len(images_of[c]) > shots for c in images_of) and not any(
+            fits[q] and sum(fits[i] for i in images_of[c] if i != q) >= shots for q, c in enumerate(ids)):
         raise ValueError(f"no FSS-1000 image whose mask is its size has {shots} other such image(s) of its class "
                          "to be its support(s)")
     rng = np.random.default_rng(seed)

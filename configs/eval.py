@@ -1,6 +1,6 @@
-"""Benchmark evaluation configurations (segic_jax/evaluation/runner.py).
+"""Benchmark evaluation configurations (segic_jax/evaluation/evaluate.py).
 
-    python -m segic_jax.evaluation.runner --config configs/eval.py:paper \
+    python main.py --mode eval --config configs/eval.py:paper \
         --config.checkpoint=ckpt/segic --config.data_dir=data --workdir out/eval
 
 Variants after the colon:

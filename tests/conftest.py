@@ -26,3 +26,30 @@ def predictor(checkpoint):
     from segic_jax.inference.predictor import Predictor
 
     return Predictor.from_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def eval_data_dir(tmp_path_factory):
+    """The fake evaluation datasets, built once per run: fss1000 (classes a_cls..e_cls, d_cls and
+    e_cls in test), lvis_instances (val), ade20k_semantic with a void (255) band in every val label
+    (which scoring must leave out), and synthetic_incontext/tiny."""
+    from PIL import Image
+
+    from fake_datasets import fake_splits, write_ade, write_fss, write_lvis
+    from segic_jax.data import build
+
+    root = tmp_path_factory.mktemp("eval_data")
+    rng = np.random.default_rng(0)
+    write_fss(str(root / "fss"), rng, classes=("a_cls", "b_cls", "c_cls", "d_cls", "e_cls"))
+    write_lvis(str(root / "lvis"), rng)
+    write_ade(str(root / "ade"), rng)
+    val_labels = root / "ade" / "annotations" / "validation"
+    for name in os.listdir(val_labels):
+        label = np.asarray(Image.open(val_labels / name)).copy()
+        label[:, -4:] = 255
+        Image.fromarray(label).save(val_labels / name)
+    data = str(root / "data")
+    for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis"), ("ade20k_semantic", "ade"),
+                        ("synthetic_incontext/tiny", None)):
+        build.build(name, str(root / files) if files else None, data, splits=fake_splits(name))
+    return data

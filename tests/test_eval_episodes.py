@@ -3,25 +3,14 @@
 import numpy as np
 import pytest
 
-from fake_datasets import write_coco2014, write_fss, write_lvis, build_args, fake_splits
+from fake_datasets import write_coco2014, build_args
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import data_source
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    rng = np.random.default_rng(0)
-    write_fss(str(root / "fss"), rng, classes=("a_cls", "b_cls", "c_cls", "d_cls", "e_cls"))
-    write_lvis(str(root / "lvis"), rng)
-    for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis")):
-        assert build_cli.main(build_args(name, str(root / files), str(root / "data"))) == 0
-    return str(root / "data")
-
-
-def test_fss_every_test_image_is_a_query_once(built):
-    source = data_source("fss1000", "test", built)
+def test_fss_every_test_image_is_a_query_once(eval_data_dir):
+    source = data_source("fss1000", "test", eval_data_dir)
     a = eval_episodes.fss1000(source, shots=2, seed=0)
     assert sorted(e.query for e in a) == list(range(len(source)))
     for e in a:
@@ -35,8 +24,8 @@ def test_fss_every_test_image_is_a_query_once(built):
         eval_episodes.fss1000(source, shots=3)
 
 
-def test_lvis92i_folds_use_categories_seen_in_several_images(built):
-    source = data_source("lvis_instances", "val", built)
+def test_lvis92i_folds_use_categories_seen_in_several_images(eval_data_dir):
+    source = data_source("lvis_instances", "val", eval_data_dir)
     episodes = eval_episodes.lvis92i(source, fold=0, episodes=50, seed=0, query_as_support=False)
     assert len(episodes) == 50 and {e.class_id for e in episodes} == {1}  # categories [1, 2, 3][0::10]
     for e in episodes:

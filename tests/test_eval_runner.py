@@ -1,6 +1,6 @@
-"""The evaluation runner: metric plumbing on constructed predictions, resuming and sharding
-without changing a number, seeded episode lists, the configs end to end on a tiny random SEGIC,
-and errors that name what is wrong."""
+"""Benchmark evaluation (segic_jax/evaluation/evaluate.py): metric plumbing on constructed
+predictions, resuming and sharding without changing a number, seeded episode lists, the configs
+end to end on a tiny random SEGIC, and errors that name what is wrong."""
 
 import hashlib
 import importlib.util
@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_datasets import write_ade, write_fss, write_lvis, build_args, fake_splits
 from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_image, decode_instances, decode_semantic
-from segic_jax.evaluation import runner
+from segic_jax.evaluation.evaluate import evaluate, run
 from segic_jax.inference.predictor import Context, Prediction, Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,29 +31,6 @@ def _eval_config(variant):
 
 def _key(image):
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-def _write_ade_with_void(root, rng):
-    """The fake ADE layout, with a void (255) band in every val label."""
-    write_ade(root, rng)
-    folder = os.path.join(root, "annotations", "validation")
-    for name in os.listdir(folder):
-        label = np.asarray(Image.open(os.path.join(folder, name))).copy()
-        label[:, -4:] = 255
-        Image.fromarray(label).save(os.path.join(folder, name))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_runner")
-    rng = np.random.default_rng(0)
-    write_fss(str(root / "fss"), rng, classes=("a_cls", "b_cls", "c_cls", "d_cls", "e_cls"))
-    write_lvis(str(root / "lvis"), rng)
-    _write_ade_with_void(str(root / "ade"), rng)
-    data = str(root / "data")
-    for name, files in (("fss1000", "fss"), ("lvis_instances", "lvis"), ("ade20k_semantic", "ade"), (SYNTHETIC, None)):
-        build_cli.build(name, str(root / files) if files else None, data, splits=fake_splits(name))
-    return data
 
 
 # --- metric plumbing with constructed predictions ---------------------------------------------
@@ -119,48 +95,48 @@ class FakePredictor:
             yield from self.segment([e.target], context)
 
 
-def test_ground_truth_scores_100_and_empty_scores_0(data_dir):
-    truth = _truth(data_dir)
-    perfect = runner.evaluate(FakePredictor(truth), "fss1000", data_dir, progress=False)
+def test_ground_truth_scores_100_and_empty_scores_0(eval_data_dir):
+    truth = _truth(eval_data_dir)
+    perfect = evaluate(FakePredictor(truth), "fss1000", eval_data_dir, progress=False)
     assert perfect["episodes"] == 6 and perfect["complete"]
     assert perfect["miou"] == perfect["fb_iou"] == perfect["baseline_miou"] == 100.0
     assert sorted(v["name"] for v in perfect["classes"].values()) == ["d_cls", "e_cls"]
-    empty = runner.evaluate(FakePredictor(truth, "empty"), "fss1000", data_dir, progress=False)
+    empty = evaluate(FakePredictor(truth, "empty"), "fss1000", eval_data_dir, progress=False)
     assert empty["miou"] == empty["baseline_miou"] == 0.0
     # each 20x20 mask has 8x12 foreground pixels: background IoU 304/400, foreground 0
     assert empty["fb_iou"] == pytest.approx(100 * (0 + 304 / 400) / 2)
     # the baseline thresholds the propagated mask (0.7 on the object), not the prediction
-    strict = runner.evaluate(FakePredictor(truth), "fss1000", data_dir, baseline_threshold=0.8, progress=False)
+    strict = evaluate(FakePredictor(truth), "fss1000", eval_data_dir, baseline_threshold=0.8, progress=False)
     assert strict["miou"] == 100.0 and strict["baseline_miou"] == 0.0
 
 
-def test_folds_are_scored_separately_and_averaged(data_dir):
-    truth = _truth(data_dir)
+def test_folds_are_scored_separately_and_averaged(eval_data_dir):
+    truth = _truth(eval_data_dir)
     # fake LVIS: three categories seen in two images, one per fold 0..2 (folds 3..9 are empty)
-    scores = runner.evaluate(FakePredictor(truth, "only:person"), "lvis92i", data_dir, fold=(0, 1, 2), episodes=5, progress=False)
+    scores = evaluate(FakePredictor(truth, "only:person"), "lvis92i", eval_data_dir, fold=(0, 1, 2), episodes=5, progress=False)
     assert [scores["folds"][f]["miou"] for f in "012"] == [100.0, 0.0, 0.0]
     assert scores["miou"] == pytest.approx(100 / 3) and scores["episodes"] == 15
     assert scores["folds"]["0"]["classes"] == {"1": {"name": "person", "iou": 100.0, "baseline_iou": 100.0}}
-    single = runner.evaluate(FakePredictor(truth), "lvis92i", data_dir, fold=2, episodes=5, progress=False)
+    single = evaluate(FakePredictor(truth), "lvis92i", eval_data_dir, fold=2, episodes=5, progress=False)
     assert list(single["folds"]) == ["2"] and single["miou"] == 100.0
     with pytest.raises(ValueError, match="no class of LVIS-92i fold 3"):
-        runner.evaluate(FakePredictor(truth), "lvis92i", data_dir, episodes=5, progress=False)
+        evaluate(FakePredictor(truth), "lvis92i", eval_data_dir, episodes=5, progress=False)
 
 
-def test_void_pixels_are_not_scored_and_only_present_classes_are_decoded(data_dir):
-    truth = _truth(data_dir)
+def test_void_pixels_are_not_scored_and_only_present_classes_are_decoded(eval_data_dir):
+    truth = _truth(eval_data_dir)
     fake = FakePredictor(truth, "truth+void")  # foreground on all void pixels, for every class
-    scores = runner.evaluate(fake, "ade20k", data_dir, progress=False)
+    scores = evaluate(fake, "ade20k", eval_data_dir, progress=False)
     assert scores["miou"] == scores["fb_iou"] == 100.0 and scores["episodes"] == 3
     names = class_names("ade20k_semantic")
-    val = data_source("ade20k_semantic", "val", data_dir)
+    val = data_source("ade20k_semantic", "val", eval_data_dir)
     present = {_key(d["image"]): {names[c - 1] for c in d["classes"]} for d in (decode_semantic(val[i]) for i in range(len(val)))}
     assert {k: set(p) for k, p in fake.decoded} == present  # jointly, only the GT's classes
     assert sorted(int(c) for c in scores["classes"]) == [1, 2, 3, 5]
-    train = data_source("ade20k_semantic", "train", data_dir)
+    train = data_source("ade20k_semantic", "train", eval_data_dir)
     train_keys = {_key(decode_semantic(train[i])["image"]) for i in range(len(train))}
     assert set(fake.references) <= train_keys and len(fake.references) == 4  # one reference per class, encoded once
-    assert runner.evaluate(FakePredictor(truth, "empty"), "ade20k", data_dir, progress=False)["miou"] == 0.0
+    assert evaluate(FakePredictor(truth, "empty"), "ade20k", eval_data_dir, progress=False)["miou"] == 0.0
 
 
 # --- resuming, sharding, episode lists ------------------------------------------------------
@@ -190,36 +166,36 @@ class Counting:
             yield pred
 
 
-def test_sharded_and_resumed_runs_give_exactly_the_unsharded_numbers(data_dir, predictor, tmp_path):
+def test_sharded_and_resumed_runs_give_exactly_the_unsharded_numbers(eval_data_dir, predictor, tmp_path):
     kw = dict(dataset=SYNTHETIC, episodes=9, chunk_size=2, progress=False)
-    whole = runner.evaluate(predictor, "synthetic", data_dir, **kw)
+    whole = evaluate(predictor, "synthetic", eval_data_dir, **kw)
     assert whole["complete"] and whole["episodes"] == 9 and 0 < whole["miou"] < 100
 
     shared = str(tmp_path / "sharded")
-    first = runner.evaluate(predictor, "synthetic", data_dir, workdir=shared, shard_index=1, shard_count=2, **kw)
+    first = evaluate(predictor, "synthetic", eval_data_dir, workdir=shared, shard_index=1, shard_count=2, **kw)
     assert first == {"benchmark": "synthetic", "shots": 1, "complete": False, "episodes_done": 4, "episodes_total": 9}
     second = Counting(predictor)
-    assert runner.evaluate(second, "synthetic", data_dir, workdir=shared, shard_index=0, shard_count=2, **kw) == whole
+    assert evaluate(second, "synthetic", eval_data_dir, workdir=shared, shard_index=0, shard_count=2, **kw) == whole
     assert second.calls == 5
     merge = Counting(predictor, fail_at=1)  # everything is recorded: nothing is evaluated again
-    assert runner.evaluate(merge, "synthetic", data_dir, workdir=shared, **kw) == whole
+    assert evaluate(merge, "synthetic", eval_data_dir, workdir=shared, **kw) == whole
 
     resumed = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        runner.evaluate(Counting(predictor, fail_at=6), "synthetic", data_dir, workdir=resumed, **kw)
+        evaluate(Counting(predictor, fail_at=6), "synthetic", eval_data_dir, workdir=resumed, **kw)
     records = os.path.join(resumed, "records", "synthetic", "1shot")
     assert len([f for f in os.listdir(records) if f.startswith("chunk-")]) == 2  # two whole chunks of 2
     assert not [f for f in os.listdir(records) if f.startswith(".")]  # no partial file
     rest = Counting(predictor)
-    assert runner.evaluate(rest, "synthetic", data_dir, workdir=resumed, **kw) == whole
+    assert evaluate(rest, "synthetic", eval_data_dir, workdir=resumed, **kw) == whole
     assert rest.calls == 5
 
     with pytest.raises(ValueError, match="holds records of a different evaluation.*seed: 0 there, 1 now"):
-        runner.evaluate(predictor, "synthetic", data_dir, workdir=resumed, **{**kw, "seed": 1})
+        evaluate(predictor, "synthetic", eval_data_dir, workdir=resumed, **{**kw, "seed": 1})
 
 
-def test_episode_lists_are_seeded(data_dir):
-    source = data_source(SYNTHETIC, "test", data_dir)
+def test_episode_lists_are_seeded(eval_data_dir):
+    source = data_source(SYNTHETIC, "test", eval_data_dir)
     a = eval_episodes.synthetic(source, episodes=20, seed=0)
     assert a == eval_episodes.synthetic(source, episodes=20, seed=0) != eval_episodes.synthetic(source, episodes=20, seed=1)
     for e in a:
@@ -228,7 +204,7 @@ def test_episode_lists_are_seeded(data_dir):
     assert eval_episodes.subset(10, 4, 0) == eval_episodes.subset(10, 4, 0) and len(eval_episodes.subset(10, 4, 0)) == 4
     assert eval_episodes.subset(10, 0, 0) == eval_episodes.subset(10, 99, 0) == list(range(10))
 
-    train = data_source("ade20k_semantic", "train", data_dir)
+    train = data_source("ade20k_semantic", "train", eval_data_dir)
     labels = [decode_semantic(train[i])["label"] for i in range(len(train))]
     picks = eval_episodes.ade20k_references(train, seed=0)
     assert picks == eval_episodes.ade20k_references(train, seed=0) and sorted(picks) == [1, 2, 3, 5]
@@ -241,12 +217,12 @@ def test_episode_lists_are_seeded(data_dir):
 # --- configs end to end -----------------------------------------------------------------------
 
 
-def test_synthetic_and_ade20k_config_end_to_end(data_dir, checkpoint, tmp_path):
+def test_synthetic_and_ade20k_config_end_to_end(eval_data_dir, checkpoint, tmp_path):
     config = _eval_config("synthetic")
-    config.checkpoint, config.data_dir = checkpoint, data_dir
+    config.checkpoint, config.data_dir = checkpoint, eval_data_dir
     config.benchmarks = ("synthetic", "ade20k")
     workdir = str(tmp_path / "run")
-    results = runner.run(config, workdir)
+    results = run(config, workdir)
     assert results["complete"]
     with open(os.path.join(workdir, "results.json")) as f:
         saved = json.load(f)
@@ -261,7 +237,7 @@ def test_synthetic_and_ade20k_config_end_to_end(data_dir, checkpoint, tmp_path):
     for name in ("synthetic_1shot.png", "ade20k_1shot.png"):
         assert Image.open(os.path.join(workdir, "plots", name)).size[0] > 100
     # a rerun finds every episode recorded and writes the same numbers
-    again = runner.run(config, workdir)
+    again = run(config, workdir)
     assert again["benchmarks"] == saved["benchmarks"]
 
 
@@ -293,26 +269,26 @@ def test_classes_encoded_apart_and_concatenated_equal_a_joint_context(predictor,
         (dict(dtype="float16"), ValueError, "config.dtype must be one of"),
     ],
 )
-def test_bad_input_is_named_and_writes_nothing(data_dir, checkpoint, tmp_path, change, error, message):
+def test_bad_input_is_named_and_writes_nothing(eval_data_dir, checkpoint, tmp_path, change, error, message):
     config = _eval_config("synthetic")
-    config.checkpoint, config.data_dir = checkpoint, data_dir
+    config.checkpoint, config.data_dir = checkpoint, eval_data_dir
     config.update(change)
     workdir = str(tmp_path / "run")
     with pytest.raises(error, match=message):
-        runner.run(config, workdir)
+        run(config, workdir)
     assert not os.path.exists(workdir)
 
 
-def test_evaluate_checks_its_arguments(data_dir):
+def test_evaluate_checks_its_arguments(eval_data_dir):
     fake = FakePredictor({})
     with pytest.raises(ValueError, match="unknown benchmark 'coco'"):
-        runner.evaluate(fake, "coco", data_dir)
+        evaluate(fake, "coco", eval_data_dir)
     with pytest.raises(ValueError, match="ade20k uses one reference per class"):
-        runner.evaluate(fake, "ade20k", data_dir, shots=5)
+        evaluate(fake, "ade20k", eval_data_dir, shots=5)
     with pytest.raises(ValueError, match="sharding needs a workdir"):
-        runner.evaluate(fake, "fss1000", data_dir, shard_count=2)
+        evaluate(fake, "fss1000", eval_data_dir, shard_count=2)
     with pytest.raises(ValueError, match="fewer than the 3 shots"):
-        runner.evaluate(fake, "fss1000", data_dir, shots=3)
+        evaluate(fake, "fss1000", eval_data_dir, shots=3)
 
 
 def test_coco20i_runs_end_to_end_on_its_real_layout(predictor, tmp_path):
@@ -327,9 +303,9 @@ def test_coco20i_runs_end_to_end_on_its_real_layout(predictor, tmp_path):
     data = str(tmp_path / "data")
     build_cli.build("coco20i_semantic", str(coco), data)  # both splits
     # fold 1 holds class 6, the only class in both images
-    scores = runner.evaluate(predictor, "coco20i", data, fold=1, episodes=4, progress=False)
+    scores = evaluate(predictor, "coco20i", data, fold=1, episodes=4, progress=False)
     assert set(scores["folds"]) == {"1"} and scores["episodes"] == 4
     assert scores["folds"]["1"]["classes"].keys() == {"6"}
     assert 0 <= scores["miou"] <= 100 and 0 <= scores["fb_iou"] <= 100 and 0 <= scores["baseline_miou"] <= 100
     with pytest.raises(ValueError, match="no class of COCO-20i fold 0 has 2 images"):
-        runner.evaluate(predictor, "coco20i", data, fold=0, episodes=4, progress=False)
+        evaluate(predictor, "coco20i", data, fold=0, episodes=4, progress=False)

@@ -15,7 +15,7 @@ from segic_jax.data import build as build_cli
 from segic_jax.data import eval_episodes
 from segic_jax.data.episodes import SemanticSampler
 from segic_jax.data.sources import class_names, data_source, episode_pools
-from segic_jax.evaluation import runner
+from segic_jax.evaluation import benchmarks, evaluate
 
 VAL = {"A.jpg": [0, 4], "B.jpg": [0, 4], "C.jpg": [0], "D.jpg": [0]}  # D holds class 0 but is not listed
 TRAIN = {"T1.jpg": [0, 4], "T2.jpg": [0, 4], "T3.jpg": [0, 4]}  # T3 is in no training list
@@ -77,9 +77,9 @@ def test_coco_semantic_training_pool_is_the_union_of_the_trn_folds(hsnet_build):
 
 def test_coco20i_prompts_with_the_original_names(hsnet_build):
     _, data = hsnet_build
-    (unit,) = runner._open("coco20i", data, 1, [0], None)
-    runner._prepare(unit, runner.Options(episodes=20), None)
-    scorer = runner._Scorer(unit, None, 0.5)
+    (unit,) = evaluate.open_units("coco20i", data, 1, [0], None)
+    evaluate.prepare(unit, evaluate.Options(episodes=20), None)
+    scorer = evaluate._Scorer(unit, None, 0.5)
     names = {scorer._decode(*e)[:2] for e in unit.episodes}
     assert names == {(1, "person"), (5, "aeroplane")}
 
@@ -110,9 +110,9 @@ def test_without_hsnet_lists_the_results_say_it_is_not_the_papers_protocol(tmp_p
     assert episode_pools("coco20i_semantic", data) == "present"
     val = data_source("coco20i_semantic", "val", data)
     assert {_ints(val[i]["pool_classes"]) == _ints(val[i]["classes"]) for i in range(len(val))} == {True}
-    text = runner.protocol("coco20i", runner.Options(), "present")
+    text = benchmarks.protocol("coco20i", query_as_support=True, pools="present")
     assert "NOT the paper's protocol" in text
-    assert "the paper's protocol" in runner.protocol("coco20i", runner.Options(), "hsnet")
+    assert "the paper's protocol" in benchmarks.protocol("coco20i", query_as_support=True, pools="hsnet")
 
 
 def _instances(categories_per_image):
@@ -130,11 +130,11 @@ def test_lvis92i_query_is_its_own_support_for_classes_in_two_images():
     three = eval_episodes.lvis92i(source, fold=1, episodes=30, seed=0)  # more than one other image: never the query
     assert all(e.query not in e.supports for e in three)
     # which one a run used is part of its records' spec and of results.md's protocol text
-    unit = runner.Unit("lvis92i", 1, 0, "lvis_instances", source)
-    assert unit.spec(runner.Options())["query_as_support"] is True
-    assert unit.spec(runner.Options(query_as_support=False))["query_as_support"] is False
-    assert "query_as_support=True, the original's" in runner.protocol("lvis92i", runner.Options())
-    assert "query_as_support=False" in runner.protocol("lvis92i", runner.Options(query_as_support=False))
+    unit = evaluate.Unit("lvis92i", 1, 0, "lvis_instances", source)
+    assert unit.spec(evaluate.Options())["query_as_support"] is True
+    assert unit.spec(evaluate.Options(query_as_support=False))["query_as_support"] is False
+    assert "query_as_support=True, the original's" in benchmarks.protocol("lvis92i", query_as_support=True)
+    assert "query_as_support=False" in benchmarks.protocol("lvis92i", query_as_support=False)
 
 
 def test_coco2017_is_image_first_with_the_originals_reference_choice():
@@ -152,7 +152,7 @@ def test_coco2017_is_image_first_with_the_originals_reference_choice():
     assert drawn == {1, 2}  # the class is drawn among the image's categories
     corrected = eval_episodes.coco2017(source, seed=0, query_as_support=False)
     assert all(e.query not in e.supports for e in corrected)
-    assert runner.BENCHMARKS["coco2017"].dataset == "coco_instances" and "coco2017" in runner.QUERY_AS_SUPPORT
+    assert benchmarks.BENCHMARKS["coco2017"].dataset == "coco_instances" and "coco2017" in benchmarks.QUERY_AS_SUPPORT
 
 
 def _png(array, mode=None):

@@ -1,1 +1,2 @@
-"""Evaluation: metrics (and, later, the benchmark runners)."""
+"""Evaluation: the benchmarks and their protocols (benchmarks.py), running them (evaluate.py, with
+records.py, report.py and vos.py), the metrics, and a picture of an episode (example.py)."""

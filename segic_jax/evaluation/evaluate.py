@@ -1,13 +1,15 @@
 """Benchmark evaluation: few-shot segmentation (COCO-20i, FSS-1000, LVIS-92i, the synthetic
 held-out classes), in-context semantic segmentation (ADE20K-150), and video object segmentation
-(DAVIS 2017, YouTube-VOS 2018: delegated to `segic_jax.evaluation.vos`).
+(DAVIS 2017, YouTube-VOS 2018: delegated to `segic_jax.evaluation.vos`). The benchmarks and their
+protocols are `segic_jax.evaluation.benchmarks`; this module opens their episodes, schedules,
+scores and records them.
 
-    python -m segic_jax.evaluation.runner --config configs/eval.py:paper \
+    python main.py --mode eval --config configs/eval.py:paper \
         --config.checkpoint=ckpt/segic --config.data_dir=data --workdir out/eval
 
-writes results.json (every number, the config, the protocols), results.md and one per-class IoU
-plot per benchmark to the workdir; configs/eval.py lists the fields. In process, e.g. the training
-loop's periodic held-out evaluation with the predictor it has in memory:
+calls `run`, which writes results.json (every number, the config, the protocols), results.md and
+one per-class IoU plot per benchmark to the workdir; configs/eval.py lists the fields. In process,
+e.g. the training loop's periodic held-out evaluation with the predictor it has in memory:
 
     scores = evaluate(predictor, "synthetic", data_dir, episodes=200)   # scores["miou"], ...
 
@@ -15,7 +17,8 @@ Scoring (docs/original.md 5.1): predictions are compared with the ground truth a
 resolution, foreground = logit > 0; per class, intersection and union are summed over all
 episodes; mIoU = mean over the classes seen of sum(I) / max(sum(U), 1), x100; FB-IoU as HSNet
 (foreground and background IoU over all episodes, averaged). Void pixels (label 255) are not
-scored. Every few-shot number comes with the propagated-mask baseline (`baseline_protocol`).
+scored. Every few-shot number comes with the propagated-mask baseline
+(`benchmarks.baseline_protocol`).
 
 Resuming and sharding: with a workdir, each episode's counts are recorded (`records.py`); a rerun
 skips the episodes already done, `shard_index`/`shard_count` take episodes i with
@@ -33,117 +36,22 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax import checkpoints, distributed
+from segic_jax import distributed
 from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_semantic, episode_pools
 from segic_jax.evaluation import records, report
-from segic_jax.evaluation.metrics import IoUMeter, confusion, jaccard
-from segic_jax.inference.predictor import Context, Episode, Predictor, check_checkpoint
+from segic_jax.evaluation.benchmarks import (BENCHMARKS, KNOWN, QUERY_AS_SUPPORT, VIDEO, baseline_protocol,
+                                             check_benchmark, folds, protocol)
+from segic_jax.evaluation.metrics import IoUMeter, confusion
+from segic_jax.inference.predictor import Context, Episode, Predictor
+from segic_jax.models import bundle
 from segic_jax.models.encoders import compute_dtype
-
-
-def baseline_protocol(threshold: float) -> str:
-    return (
-        f"propagated-mask baseline: the prediction is the propagated mask (cosine similarity between each "
-        f"target pixel's DINOv2 feature and the mean feature of the reference mask, SEGIC's dense prompt) "
-        f"above {threshold:g}, with no decoder: what the frozen encoder's correspondence alone achieves, the "
-        f"floor the trained decoder has to beat. The default 0.5 keeps pixels whose feature lies within 60 "
-        f"degrees of the reference's; it is fixed, not tuned on the evaluated episodes, so that the baseline "
-        f"does not borrow from the test labels."
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    dataset: str  # built TFDS dataset (`python -m segic_jax.data.build`)
-    split: str
-    folds: int  # 0: no folds
-    episodes: int  # per fold; 0: every image of the split once
-    protocol: str
-
-
-BENCHMARKS = {
-    "coco20i": Benchmark(
-        "coco20i_semantic", "val", 4, 1000,
-        "COCO-20i (HSNet folds: fold f = classes {f + 4v}), COCO 2014 val; per fold 1000 seeded episodes "
-        "(seed + fold): class uniform among the fold's classes, query uniform among its pool, supports other "
-        "images of the pool; text 'a photo of a {class}' with the original's 80 names (VOC-style motorbike, "
-        "aeroplane, sofa, pottedplant, diningtable, tvmonitor). mIoU over the fold's classes and FB-IoU per fold, "
-        "and their means over the folds. A checkpoint trained on all 80 classes makes this the 'generalist' "
-        "setting (docs/benchmarks.md), not the held-out-fold one.",
-    ),
-    "coco2017": Benchmark(
-        "coco_instances", "val", 0, 0,
-        "COCO 2017 val as the original README's `--eval_datasets coco` runs it: every image with annotations is "
-        "the query once; class uniform among its categories, mask = the union of that category's instances, "
-        "supports other val images with the category; text 'a photo of a {category}' with the annotation "
-        "file's names. mIoU over the categories.",
-    ),
-    "fss1000": Benchmark(
-        "fss1000", "test", 0, 0,
-        "FSS-1000 test classes (240, sorted folder names): every test image is the query once (2400 "
-        "episodes), supports other images of its class; masks read as grayscale, >= 128 is foreground; an "
-        "episode whose query or support differs in size from its mask is replaced by the next image's, as the "
-        "original does; text = the folder name. mIoU over the classes.",
-    ),
-    "lvis92i": Benchmark(
-        "lvis_instances", "val", 10, 2300,
-        "LVIS-92i, LVIS v1 val: categories annotated in more than one image, sorted by id, fold f = "
-        "categories[f::10]; per fold 2300 seeded episodes chosen as the SEGIC code does (class uniform over "
-        "the fold, then a query image of it, then supports), not the Matcher variant (class = episode index "
-        "mod classes). Mask = union of the class's instances; text 'a photo of a {category}'. mIoU per fold "
-        "and the mean of the folds.",
-    ),
-    "synthetic": Benchmark(
-        "synthetic_incontext", "test", 0, 1000,
-        "synthetic_incontext test split, whose classes are all held out from its train split: seeded "
-        "episodes as LVIS-92i (class uniform, query, supports other images), mask = union of the class's "
-        "objects, text 'a photo of a {class}'. mIoU over the classes.",
-    ),
-    "ade20k": Benchmark(
-        "ade20k_semantic", "val", 0, 0,
-        "ADE20K-150 in-context semantic segmentation (docs/original.md 5.3): every val image once; per image "
-        "only the classes present in its ground truth are decoded, all jointly (cross-instance tokens), each "
-        "with 'a photo of a {class}' (the original's 150 names) and its reference's feature (soft reference "
-        "mask, as the reference's semantic path). References: one real training image per class chosen by "
-        "`eval_episodes.ade20k_references` (SEGIC's Stable-Diffusion references were never released, so this "
-        "number is not the paper's protocol). Per class the binary mask logit > 0 is scored against "
-        "label == class ('other' = 0 counts as background, 255 is void); mIoU over the classes seen.",
-    ),
-}
-# benchmarks whose reference choice `query_as_support` switches
-QUERY_AS_SUPPORT = ("lvis92i", "coco2017")
-
-
-def protocol(benchmark: str, options: "Options", pools: str | None = None) -> str:
-    """The benchmark's protocol text, with the settings this run used and whether they are the
-    original's (the paper's) protocol."""
-    text = BENCHMARKS[benchmark].protocol
-    if benchmark in QUERY_AS_SUPPORT:
-        text += (" Reference choice: query_as_support=True, the original's (a class with no more than `shots` "
-                 "other images, e.g. one in exactly two images for one shot, is referenced by the query itself)."
-                 if options.query_as_support else
-                 " Reference choice: query_as_support=False, a support is never the query (classes without enough "
-                 "other images are left out); the original's protocol is query_as_support=True.")
-    if benchmark == "coco20i":
-        text += (" Pools: HSNet's val lists (data/splits/coco/val/fold*.pkl), the paper's protocol." if pools == "hsnet"
-                 else " Pools: every image containing the class, because the dataset was built without HSNet's "
-                      "lists; NOT the paper's protocol (rebuild coco20i_semantic with --splits_dir).")
-    return text
-
-
-VIDEO = {
-    "davis2017": "DAVIS 2017 val, semi-supervised (first-frame masks), J&F; see segic_jax.evaluation.vos.",
-    "youtube_vos": "YouTube-VOS 2018 valid: palette PNGs for the challenge server; see segic_jax.evaluation.vos.",
-}
-KNOWN = sorted(BENCHMARKS) + sorted(VIDEO)
 
 
 @dataclasses.dataclass
@@ -172,7 +80,7 @@ class Unit:
     train: Any = None  # ADE20K: where the references come from
     class_names: list[str] | None = None  # semantic datasets: class i + 1's name
     pools: str | None = None  # coco20i: what its episode pools were built from (sources.episode_pools)
-    episodes: Any = None  # the episode list (`_make_episodes`), set by `_prepare`
+    episodes: Any = None  # the episode list (`_make_episodes`), set by `prepare`
     store: records.UnitStore | None = None  # its records, when there is a workdir
 
     @property
@@ -194,39 +102,21 @@ class Unit:
         return spec
 
 
-def _check_benchmark(benchmark: str) -> None:
-    if benchmark not in BENCHMARKS and benchmark not in VIDEO:
-        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {KNOWN}")
-
-
-def _folds(benchmark: str, folds) -> list[int | None]:
-    n = BENCHMARKS[benchmark].folds
-    if not n:
-        return [None]
-    if not folds:
-        return list(range(n))
-    bad = [f for f in folds if f not in range(n)]
-    if bad:
-        raise ValueError(f"{benchmark} has folds 0..{n - 1}, not {bad}")
-    return list(folds)
-
-
-def _open(benchmark: str, data_dir: str, shots: int, folds, dataset: str | None) -> list[Unit]:
-    """The units of a benchmark, with their data opened (a missing dataset fails here, before any
-    output is written)."""
-    _check_benchmark(benchmark)
+def open_units(benchmark: str, data_dir: str, shots: int, asked_folds, dataset: str | None) -> list[Unit]:
+    """The units of a benchmark (one per fold of `asked_folds`, `benchmarks.folds`), with their data
+    opened (a missing dataset fails here, before any output is written)."""
+    check_benchmark(benchmark)
     if shots < 1:
         raise ValueError(f"shots must be at least 1, got {shots}")
     b = BENCHMARKS[benchmark]
     if benchmark == "ade20k" and shots != 1:
         raise ValueError("ade20k uses one reference per class: shots must be 1")
     dataset = dataset or b.dataset
-    folds = _folds(benchmark, folds)
     source = data_source(dataset, b.split, data_dir)
     train = data_source(dataset, "train", data_dir) if benchmark == "ade20k" else None
     names = class_names(dataset) if benchmark in ("coco20i", "ade20k") else None
     pools = episode_pools(dataset, data_dir) if benchmark == "coco20i" else None
-    return [Unit(benchmark, shots, f, dataset, source, train, names, pools) for f in folds]
+    return [Unit(benchmark, shots, f, dataset, source, train, names, pools) for f in folds(benchmark, asked_folds)]
 
 
 def _make_episodes(unit: Unit, options: Options):
@@ -354,7 +244,7 @@ class UnitResult:
         return self.done == self.total
 
 
-def _prepare(unit: Unit, options: Options, workdir: str | None) -> Unit:
+def prepare(unit: Unit, options: Options, workdir: str | None) -> Unit:
     """Give the unit its episode list, and its records folder when there is a workdir (refusing
     records of another spec)."""
     if workdir:
@@ -490,15 +380,15 @@ def evaluate(
     and averaged ("folds" holds each). episodes: per fold, 0 for
     the protocol's count (for fss1000 / ade20k, a seeded subset of the images). dataset: another
     build of the benchmark's dataset (e.g. "synthetic_incontext/tiny"). query_as_support: lvis92i and
-    coco2017 reference choice (`protocol`; True is the original's). workdir: where per-episode
-    records go (needed to resume or shard; records of other weights must not share it, and
+    coco2017 reference choice (`benchmarks.protocol`; True is the original's). workdir: where
+    per-episode records go (needed to resume or shard; records of other weights must not share it, and
     `model` is stored with them to catch that). Few-shot results hold "miou", "fb_iou",
     "baseline_miou", "baseline_fb_iou", "episodes", per-class "classes" (or "folds"), and
     "complete" (False, with the progress, while other shards are not done); video benchmarks
     return what `segic_jax.evaluation.vos` returns.
     """
     shard = records.check_shard(shard_index, shard_count)
-    _check_benchmark(benchmark)
+    check_benchmark(benchmark)
     if shard_count > 1 and not workdir:
         raise ValueError("sharding needs a workdir shared by the shards, where their records are merged")
     shard, joint = _job_shard(shard, workdir)
@@ -509,8 +399,8 @@ def evaluate(
         return _after_every_shard(lambda: _video(benchmark, predictor, data_dir, out_dir, memory, shard), joint, everyone=False)
     options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress,
                       query_as_support)
-    folds = [fold] if isinstance(fold, int) else fold
-    units = [_prepare(u, options, workdir) for u in _open(benchmark, data_dir, shots, folds, dataset)]
+    asked_folds = [fold] if isinstance(fold, int) else fold
+    units = [prepare(u, options, workdir) for u in open_units(benchmark, data_dir, shots, asked_folds, dataset)]
     results = _after_every_shard(lambda: [_run_unit(u, options, lambda: predictor, shard) for u in units], joint)
     return {"benchmark": benchmark, "shots": shots, **_summary(results)}
 
@@ -521,33 +411,9 @@ def model_predictor(head, encoder, text_model, tokenizer) -> Predictor:
     return Predictor(head, encoder, text_model, tokenizer, batch_size=1)
 
 
-def example_image(predictor, benchmark: str, data_dir: str, *, dataset: str | None = None, seed: int = 0,
-                  height: int = 256) -> np.ndarray:
-    """The first one-shot episode of a few-shot benchmark as one picture of titled panels: the
-    reference with its mask (green), the target with the prediction (red), and the propagated mask
-    (JET) with its point prompt. (H, W, 3) uint8."""
-    from segic_jax import visualize
-
-    if benchmark not in BENCHMARKS or benchmark == "ade20k":
-        raise ValueError(f"example_image draws a few-shot episode; {benchmark!r} is not a few-shot benchmark")
-    unit = _prepare(_open(benchmark, data_dir, 1, [0] if BENCHMARKS[benchmark].folds else None, dataset)[0],
-                    Options(episodes=1, seed=seed, progress=False), None)
-    class_id, query, supports = unit.episodes[0]
-    q = eval_episodes.decode_item(benchmark, unit.source[query], class_id)
-    r = eval_episodes.decode_item(benchmark, unit.source[supports[0]], class_id)
-    name = q.name or unit.class_names[class_id - 1]
-    (pred,) = predictor.segment([q.image], predictor.encode_context([r.image], [r.mask], class_names=[name]))
-    iou = 100 * float(jaccard(q.mask, pred.masks[0]))
-    return visualize.panel_strip([
-        (f"reference: {name}", visualize.mask_overlay(r.image, r.mask, colour=visualize.REFERENCE_COLOUR)),
-        (f"prediction (IoU {iou:.1f})", visualize.mask_overlay(q.image, pred.masks[0])),
-        ("propagated mask + point", visualize.draw_point(visualize.heatmap_overlay(q.image, pred.similarity[0]), pred.points[0])),
-    ], height=height)
-
-
 def _check_config(config) -> None:
     for b in config.benchmarks:
-        _check_benchmark(b)
+        check_benchmark(b)
     if not config.benchmarks:
         raise ValueError("config.benchmarks is empty; choose from " + ", ".join(KNOWN))
     if not config.shots or any(int(s) < 1 for s in config.shots):
@@ -566,8 +432,7 @@ def run(config, workdir: str) -> dict:
     _check_config(config)
     compute_dtype(config.dtype, "config.dtype")  # a bad name fails before any work
     checkpoint = os.path.abspath(config.checkpoint)
-    check_checkpoint(checkpoint)
-    image_size = checkpoints.load_config(os.path.join(checkpoint, "head"), "segic_head").image_size
+    image_size = bundle.head_config(checkpoint).image_size
     if config.image_size and config.image_size != image_size:
         raise ValueError(f"config.image_size is {config.image_size} but {checkpoint} was converted for {image_size} px; "
                          "convert it again with --image-size, or set --config.image_size=0")
@@ -581,8 +446,8 @@ def run(config, workdir: str) -> dict:
     for b in few_shot:
         dataset = config.synthetic_dataset if b == "synthetic" else None
         for shots in (1,) if b == "ade20k" else config.shots:
-            plan[b, int(shots)] = _open(b, config.data_dir, int(shots), list(config.folds), dataset)
-    plan = {k: [_prepare(u, options, workdir) for u in units] for k, units in plan.items()}
+            plan[b, int(shots)] = open_units(b, config.data_dir, int(shots), list(config.folds), dataset)
+    plan = {k: [prepare(u, options, workdir) for u in units] for k, units in plan.items()}
     pools = {b: units[0].pools for (b, _), units in plan.items()}
 
     loaded = []
@@ -615,7 +480,7 @@ def run(config, workdir: str) -> dict:
         "complete": True,
         "model": options.model,
         "config": config.to_dict(),
-        "protocols": {**{b: protocol(b, options, pools[b]) for b in few_shot}, **{b: VIDEO[b] for b in video},
+        "protocols": {**{b: protocol(b, query_as_support=options.query_as_support, pools=pools[b]) for b in few_shot}, **{b: VIDEO[b] for b in video},
                       "baseline": baseline_protocol(config.baseline_threshold)},
         "benchmarks": benchmarks,
         "video": video,
@@ -624,26 +489,3 @@ def run(config, workdir: str) -> dict:
         report.write(workdir, results, plot=config.plot)
     return results
 
-
-def main(argv) -> None:
-    from absl import app, flags
-
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results = run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if results["complete"]:
-        print(f"wrote {os.path.join(flags.FLAGS.workdir, 'results.md')}")
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "configs/eval.py:paper or configs/eval.py:synthetic", lock_config=True)
-    flags.DEFINE_string("workdir", None, "where records and results are written")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)

@@ -13,13 +13,13 @@ workdir's latest checkpoint and exports an inference checkpoint to workdir/expor
 Ctrl-C stop it after a checkpoint, with exit status 75 (run the same command to resume); one
 workdir holds one run at a time (workdir/.lock). Train and eval run as one job of several
 processes when the environment describes one (segic_jax/distributed.py; README, Several hosts).
---mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/runner.py).
+--mode eval runs the benchmarks of configs/eval.py on a checkpoint (segic_jax/evaluation/evaluate.py).
 --mode correspondence encodes a built-in synthetic reference/target pair with DINOv2 and writes
 the propagated mask (cosine similarity to the reference mask's mean feature) and its peak,
 SEGIC's dense and point prompts.
 --mode predict segments the target image (or every image of a folder, e.g. a video's frames) with
 a converted SEGIC checkpoint, streaming: reading, the device and writing overlap; see
-segic_jax/inference/predict.py for what it writes (--outputs) and --batch_size.
+segic_jax/inference/segment_files.py for what it writes (--outputs) and --batch_size.
 --mode serve starts the interactive page (segic_jax/serve.py) at http://127.0.0.1:7860: references
 with painted or uploaded masks, several targets, overlays, propagated masks and mask files; without
 --checkpoint it serves the demo model that the first command above trains (/tmp/segic_demo/export).
@@ -86,19 +86,19 @@ def main(argv):
     if not FLAGS.workdir:
         usage_error(f"--mode {FLAGS.mode} needs --workdir, the folder for its outputs")
     if FLAGS.mode == "predict":
-        from segic_jax.inference import predict
+        from segic_jax.inference import segment_files
 
         if not FLAGS.checkpoint or not FLAGS.target:
             usage_error("--mode predict needs --checkpoint and --target")
         try:
-            outputs = predict.check_outputs(FLAGS.outputs)
+            outputs = segment_files.check_outputs(FLAGS.outputs)
             # every input is read and checked first: a wrong path fails at once, not after loading the model
-            inputs = predict.prepare(FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.class_name)
+            inputs = segment_files.prepare(FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.class_name)
             if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
                 raise ValueError(f"--workdir {FLAGS.workdir} is a file; give a folder for the outputs")
             predictor = load_predictor(FLAGS.checkpoint, FLAGS.dtype, FLAGS.batch_size)
-            written = predict.run(predictor, inputs, out_dir=FLAGS.workdir, instance_prompt=FLAGS.instance_prompt,
-                                  outputs=outputs)
+            written = segment_files.run(predictor, inputs, out_dir=FLAGS.workdir,
+                                        instance_prompt=FLAGS.instance_prompt, outputs=outputs)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
@@ -108,9 +108,9 @@ def main(argv):
         example = "configs/eval.py:paper" if FLAGS.mode == "eval" else "configs/segic.py:demo"
         usage_error(f"--mode {FLAGS.mode} needs --config, e.g. {example} (python main.py --help)")
     if FLAGS.mode == "correspondence":
-        from segic_jax.inference import correspondence
+        from segic_jax.inference import correspondence_demo
 
-        correspondence.run(FLAGS.config, FLAGS.workdir)
+        correspondence_demo.run(FLAGS.config, FLAGS.workdir)
         return
     from segic_jax import distributed
     from segic_jax.training.trainer import EXIT_STOPPED_EARLY
@@ -120,9 +120,9 @@ def main(argv):
         try:
             distributed.initialize()
             if FLAGS.mode == "eval":
-                from segic_jax.evaluation import runner
+                from segic_jax.evaluation import evaluate
 
-                results = runner.run(FLAGS.config, FLAGS.workdir)
+                results = evaluate.run(FLAGS.config, FLAGS.workdir)
                 if results["complete"] and distributed.is_main():
                     print(f"wrote {FLAGS.workdir}/results.md")
             else:

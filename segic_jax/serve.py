@@ -8,9 +8,9 @@ Upload up to three reference images, paint over what to find in each (the editor
 a copy to paint on; it draws with WebGL, so where the browser has none, upload the mask), optionally
 name its class, upload one or more targets and press Segment. Each target comes back with its masks
 tinted over it, the propagated mask of each concept as a heatmap with its point prompt, and the binary
-masks as PNG files to download: the predict command's pictures (`predict.render`), made from the same
-context (`predict.concept_stacks`: references with the same class name are shots of one concept;
-without names each reference is its own concept).
+masks as PNG files to download: the predict command's pictures (`visualize.prediction_pictures`), made
+from the same context (`predictor.concept_stacks`: references with the same class name are shots of one
+concept; without names each reference is its own concept).
 
 The references are encoded once: the context is cached under a hash of the reference images, masks
 and names, so changing only the targets decodes them against the cached context (the page and the
@@ -40,10 +40,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from segic_jax import files
+from segic_jax import files, visualize
 from segic_jax.data.images import load_image, load_mask
-from segic_jax.inference import predict
-from segic_jax.inference.predictor import Context, Predictor
+from segic_jax.inference.predictor import Context, Predictor, concept_stacks
 from segic_jax.models.encoders import DTYPES
 
 MAX_REFERENCES = 3
@@ -192,7 +191,7 @@ class Session:
                 self._contexts.move_to_end(key)
                 return (*self._contexts[key], True)
             names = [r.name for r in references] if references[0].name else ()
-            stacks, concepts = predict.concept_stacks([r.mask for r in references], names)
+            stacks, concepts = concept_stacks([r.mask for r in references], names)
             # as the predict command: soft (resized) reference masks, as the reference's custom evaluation
             context = self.predictor.encode_context([r.image for r in references], stacks, class_names=concepts,
                                                     binarize=False)
@@ -219,11 +218,11 @@ class Session:
         out_dir = self._run_dir()
         overlays, propagated, mask_files = [], [], []
         for target, pred in zip(targets, self.predictor.segment([t.image for t in targets], context)):
-            pictures = predict.render(target.image, pred, labels=labels)
+            pictures = visualize.prediction_pictures(target.image, pred, labels=labels)
             overlays.append((pictures.overlay, target.stem))
             for j, heat in enumerate(pictures.propagated):
                 propagated.append((heat, f"{target.stem}: {labels[j]}" if labels else target.stem))
-            for name, mask in predict.file_names(target.stem, pictures._replace(overlay=None, propagated=[])):
+            for name, mask in pictures._replace(overlay=None, propagated=[]).file_names(target.stem):
                 mask_files.append(os.path.join(out_dir, name))
                 files.write_png(mask_files[-1], mask)
         done = time.perf_counter()

@@ -2,12 +2,14 @@
 
 Masks are tinted and outlined (a band in the mask's colour with a dark rim outside it, so that a mask
 stays visible over an object of its own colour); the point prompt, outlines and lettering scale with
-the image; panels carry titles and overlays of several concepts a legend.
+the image; panels carry titles and overlays of several concepts a legend. `prediction_pictures`
+draws what a prediction shows for one target: the predict command writes those pictures and the
+interactive page shows them.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -169,3 +171,46 @@ def panel_strip(panels: Sequence[tuple[str, np.ndarray]], height: int = 256, gap
         out.append(titled(p, title, font_px=px))
         out.append(np.full((out[-1].shape[0], gap, 3), 255, np.uint8))
     return np.concatenate(out[:-1], axis=1)
+
+
+class Pictures(NamedTuple):
+    """What a prediction shows for one target, at the target's size."""
+
+    masks: list  # (H, W) uint8 0/255 per concept
+    overlay: np.ndarray | None  # (H, W, 3) uint8: every concept's mask tinted and outlined, with a legend
+    propagated: list  # (H, W, 3) uint8 per concept: the propagated mask as a JET heatmap, its point marked
+
+    def file_names(self, stem: str) -> list[tuple[str, np.ndarray]]:
+        """(file name, picture) of each picture: STEM_mask{j}.png, STEM_overlay.png, STEM_propagated{j}.png
+        (one naming for the predict command's files and the page's downloads)."""
+        named = [(f"{stem}_mask{j}.png", m) for j, m in enumerate(self.masks)]
+        named += [(f"{stem}_propagated{j}.png", p) for j, p in enumerate(self.propagated)]
+        if self.overlay is not None:
+            named.append((f"{stem}_overlay.png", self.overlay))
+        return named
+
+
+PREDICTION_PICTURES = Pictures._fields  # the kinds `prediction_pictures` draws: masks, overlay, propagated
+
+
+def prediction_pictures(image: np.ndarray, pred, kinds: Sequence[str] = PREDICTION_PICTURES,
+                        labels: Sequence[str] | None = None) -> Pictures:
+    """The pictures of one target (uint8 (H, W, 3)) and its `Prediction` that `kinds` names (the
+    others are empty). `labels` name the concepts (legend of the overlay, title of each heatmap);
+    without them a single concept goes unlabelled and several are "concept j"."""
+    k = len(pred.masks)
+    names = list(labels) if labels else ([f"concept {j}" for j in range(k)] if k > 1 else [])
+    colours = [PALETTE[j % len(PALETTE)] for j in range(k)]
+    masks = [m.astype(np.uint8) * 255 for m in pred.masks] if "masks" in kinds else []
+    overlay = None
+    if "overlay" in kinds:
+        overlay = image.copy()
+        for mask, colour in zip(pred.masks, colours):
+            overlay = mask_overlay(overlay, mask, colour)
+        overlay = with_legend(overlay, list(zip(names, colours)))
+    propagated = []
+    for j in range(k) if "propagated" in kinds else ():
+        heat = draw_point(heatmap_overlay(image, pred.similarity[j]), pred.points[j])
+        title = f"{names[j]}: " if names else ""
+        propagated.append(with_legend(heat, [(f"{title}propagated mask (red high), point prompt", (255, 255, 255))]))
+    return Pictures(masks, overlay, propagated)

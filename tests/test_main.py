@@ -13,8 +13,9 @@ from PIL import Image
 
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax import checkpoints
+from segic_jax.models.dinov2 import Dinov2
 from segic_jax.data.synthetic import synthetic_pair
-from segic_jax.inference import correspondence
+from segic_jax.inference import correspondence_demo
 from sandbox import marking_stand_in, python_path
 from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
 
@@ -72,21 +73,21 @@ def test_runs_on_converted_weights_and_checks_its_inputs(tmp_path):
     hf_dinov2().save_pretrained(hf_dir)
     torch.save(hf_folder_to_hub_state_dict(hf_dir), str(tmp_path / "w.pth"))
     config, params = dinov2_conversion.convert(str(tmp_path / "w.pth"), progress=False)
-    ckpt = checkpoints.save_model(str(tmp_path / "ckpt"), "dinov2", config, params)
+    ckpt = checkpoints.save_model(str(tmp_path / "ckpt"), Dinov2, config, params)
 
     cfg = segic_configs.get_config("demo")
     cfg.image_size = 112
     cfg.dinov2.checkpoint = ckpt
-    summary = correspondence.run(cfg, str(tmp_path / "out"))
+    summary = correspondence_demo.run(cfg, str(tmp_path / "out"))
     assert summary["weights"] == f"converted weights from {ckpt}"
 
     cfg.image_size = 100
     with pytest.raises(ValueError, match="multiple of 14"):
-        correspondence.run(cfg, str(tmp_path / "out2"))
+        correspondence_demo.run(cfg, str(tmp_path / "out2"))
     cfg.image_size = 112
     cfg.dinov2.checkpoint = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="not a segic_jax checkpoint"):
-        correspondence.run(cfg, str(tmp_path / "out3"))
+        correspondence_demo.run(cfg, str(tmp_path / "out3"))
     assert not os.path.exists(tmp_path / "out2") and not os.path.exists(tmp_path / "out3")
 
 
@@ -101,8 +102,8 @@ def test_synthetic_pairs_share_a_class_and_are_seeded():
 def test_model_conversion_and_inference_do_not_import_tensorflow(tmp_path):
     site, mark = marking_stand_in(tmp_path, "tensorflow")
     code = (
-        "import segic_jax.models.dinov2, segic_jax.models.clip_text, segic_jax.convert, "
-        "segic_jax.inference.correspondence, segic_jax.inference.predictor, segic_jax.inference.predict, "
+        "import segic_jax.models.dinov2, segic_jax.models.clip_text, segic_jax.convert, segic_jax.inference.predictor, "
+        "segic_jax.inference.correspondence_demo, segic_jax.inference.segment_files, "
         "segic_jax.conversion.segic, segic_jax.checkpoints, orbax.checkpoint"
     )
     env = python_path(site, ROOT)

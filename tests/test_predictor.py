@@ -154,7 +154,7 @@ def test_k_shot_concepts_pool_features_over_all_shots(predictor, rng):
 
 
 def test_semantic_mode_one_reference_per_class(tmp_path, rng):
-    from segic_jax.inference.predict import build_context_inputs
+    from segic_jax.inference.segment_files import build_context_inputs
 
     paths = []
     for i in range(3):
@@ -426,7 +426,7 @@ def test_batched_episodes_equal_episodes_one_by_one(tiny, rng):
 
 
 def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, predictor, rng, tmp_path):
-    from segic_jax.inference import predict
+    from segic_jax.inference import segment_files
 
     ref, mask = _scene(rng, 80, 60)
     ref_path = _save(tmp_path / "ref.png", ref)
@@ -442,7 +442,7 @@ def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, 
     streaming = Predictor.from_checkpoint(tiny["path"], batch_size=2, prefetch=2)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"1 of 9 targets could not be read .*other 8 were written.*004\.png"):
-        predict.run(streaming, [ref_path], [mask_path], str(frames), str(out), outputs=("masks",), threads=3)
+        segment_files.run(streaming, [ref_path], [mask_path], str(frames), str(out), outputs=("masks",), threads=3)
     assert sorted(os.listdir(out)) == sorted(f"{stem}_mask0.png" for stem in images)  # masks only, nothing partial
     context = predictor.encode_context([ref], [mask], binarize=False)
     expected = predictor.segment(list(images.values()), context)

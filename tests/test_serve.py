@@ -21,9 +21,8 @@ from PIL import Image
 from typing import NamedTuple
 
 from sandbox import free_port, marking_stand_in, python_path
-from segic_jax import serve
+from segic_jax import serve, visualize
 from segic_jax.data.images import load_image
-from segic_jax.inference import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
@@ -120,7 +119,7 @@ def test_segment_button_gives_the_predictors_masks_and_encodes_the_context_once(
     assert 0 < expected[0].masks.mean() < 1  # a mask with both sides, so equality means something
     assert [caption for _, caption in overlays] == ["a", "b"] == [caption for _, caption in propagated]
     for (overlay, _), (heat, _), image, pred in zip(overlays, propagated, images, expected):
-        pictures = predict.render(image, pred)
+        pictures = visualize.prediction_pictures(image, pred)
         assert np.array_equal(overlay, pictures.overlay) and np.array_equal(heat, pictures.propagated[0])
 
     # only the targets change: decoded against the cached context
@@ -216,8 +215,8 @@ def test_without_a_checkpoint_the_demo_export_or_how_to_make_it(tmp_path):
 
 def test_gradio_is_imported_by_the_page_alone(tmp_path):
     site, mark = marking_stand_in(tmp_path, "gradio")
-    code = ("import segic_jax.inference.predictor, segic_jax.inference.predict, segic_jax.evaluation.runner, "
-            "segic_jax.training.trainer, segic_jax.serve")
+    code = ("import segic_jax.inference.predictor, segic_jax.inference.segment_files, segic_jax.evaluation.evaluate, "
+            "segic_jax.evaluation.example, segic_jax.training.trainer, segic_jax.serve")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=python_path(site, ROOT), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

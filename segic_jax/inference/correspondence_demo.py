@@ -1,6 +1,6 @@
-"""The correspondence job: DINOv2 features of a reference and a target, the reference mask's mean
-feature, and its cosine-similarity map on the target (SEGIC's propagated mask) with its peak
-(SEGIC's point prompt).
+"""The correspondence demo job (main.py --mode correspondence): DINOv2 features of a reference and a
+target, the reference mask's mean feature, and its cosine-similarity map on the target (SEGIC's
+propagated mask) with its peak (SEGIC's point prompt); the maths is segic_jax.ops.correspondence.
 
 Outputs in the workdir: `reference.png` (reference with its mask), `target_propagated.png` (JET
 heatmap of the propagated mask over the target, peak marked), `target_truth.png`, and

@@ -1,4 +1,4 @@
-"""The predict job: segment target image(s) given reference image(s) and mask(s).
+"""The predict command (main.py --mode predict): segment targets given reference images and masks.
 
 For each target `NAME.*` it writes to the output directory:
   NAME_mask{j}.png         the binary mask of concept j (0/255), at the target's resolution;
@@ -24,10 +24,9 @@ from tqdm.auto import tqdm
 
 from segic_jax import files, visualize
 from segic_jax.data.images import load_image, load_mask
-from segic_jax.inference.predictor import Predictor
+from segic_jax.inference.predictor import Predictor, concept_stacks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-PALETTE = np.array(visualize.PALETTE, np.uint8)
 
 
 def target_paths(target: str) -> list[str]:
@@ -59,21 +58,7 @@ def build_context_inputs(references: Sequence[str], masks: Sequence[str], class_
     return (images, *concept_stacks(single, class_names))
 
 
-def concept_stacks(masks: Sequence[np.ndarray], class_names: Sequence[str] = ()) -> tuple[list[np.ndarray], list | None]:
-    """One (H, W) mask per reference -> per-reference (K, H, W) stacks and the K concept names (None
-    without names). References with the same class name are shots of one concept; without class
-    names every reference is its own concept."""
-    concepts = list(dict.fromkeys(class_names)) if class_names else list(range(len(masks)))
-    keys = class_names if class_names else list(range(len(masks)))
-    stacks = []
-    for mask, key in zip(masks, keys):
-        stack = np.zeros((len(concepts),) + mask.shape, bool)
-        stack[concepts.index(key)] = mask
-        stacks.append(stack)
-    return stacks, (concepts if class_names else None)
-
-
-OUTPUTS = ("masks", "overlay", "propagated")
+OUTPUTS = visualize.PREDICTION_PICTURES  # what --outputs may name
 
 
 def check_outputs(outputs: Sequence[str]) -> tuple[str, ...]:
@@ -170,51 +155,12 @@ def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
         return path, None, str(e)
 
 
-class Pictures(NamedTuple):
-    """What a prediction shows for one target, at the target's size."""
-
-    masks: list  # (H, W) uint8 0/255 per concept
-    overlay: np.ndarray | None  # (H, W, 3) uint8: every concept's mask tinted and outlined, with a legend
-    propagated: list  # (H, W, 3) uint8 per concept: the propagated mask as a JET heatmap, its point marked
-
-
-def render(image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS, labels: Sequence[str] | None = None) -> Pictures:
-    """The pictures of one target that `outputs` names (the others are empty). `labels` name the
-    concepts (legend of the overlay, title of each heatmap); without them a single concept goes
-    unlabelled and several are "concept j"."""
-    k = len(pred.masks)
-    names = list(labels) if labels else ([f"concept {j}" for j in range(k)] if k > 1 else [])
-    colours = [tuple(int(c) for c in PALETTE[j % len(PALETTE)]) for j in range(k)]
-    masks = [m.astype(np.uint8) * 255 for m in pred.masks] if "masks" in outputs else []
-    overlay = None
-    if "overlay" in outputs:
-        overlay = image.copy()
-        for mask, colour in zip(pred.masks, colours):
-            overlay = visualize.mask_overlay(overlay, mask, colour)
-        overlay = visualize.with_legend(overlay, list(zip(names, colours)))
-    propagated = []
-    for j in range(k) if "propagated" in outputs else ():
-        heat = visualize.draw_point(visualize.heatmap_overlay(image, pred.similarity[j]), pred.points[j])
-        title = f"{names[j]}: " if names else ""
-        propagated.append(visualize.with_legend(heat, [(f"{title}propagated mask (red high), point prompt", (255, 255, 255))]))
-    return Pictures(masks, overlay, propagated)
-
-
-def file_names(stem: str, pictures: Pictures) -> list[tuple[str, np.ndarray]]:
-    """(file name, picture) of each picture: STEM_mask{j}.png, STEM_overlay.png, STEM_propagated{j}.png."""
-    named = [(f"{stem}_mask{j}.png", m) for j, m in enumerate(pictures.masks)]
-    named += [(f"{stem}_propagated{j}.png", p) for j, p in enumerate(pictures.propagated)]
-    if pictures.overlay is not None:
-        named.append((f"{stem}_overlay.png", pictures.overlay))
-    return named
-
-
 def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
            labels: Sequence[str] | None = None) -> list[str]:
-    """The files of one target (see `render`)."""
+    """The files of one target (see `visualize.prediction_pictures`)."""
     stem = os.path.splitext(os.path.basename(path))[0]
     written = []
-    for name, picture in file_names(stem, render(image, pred, outputs, labels)):
+    for name, picture in visualize.prediction_pictures(image, pred, outputs, labels).file_names(stem):
         written.append(os.path.join(out_dir, name))
         files.write_png(written[-1], picture)
     return written

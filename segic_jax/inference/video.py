@@ -45,8 +45,9 @@ from flax import nnx
 
 from segic_jax.data.images import fit_to_model
 from segic_jax.data.sources import decode_image
-from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor, _pad_to
+from segic_jax.inference.predictor import INSTANCE_PROMPT, Predictor
 from segic_jax.ops.correspondence import masked_mean_features
+from segic_jax.ops.image import round_up
 from segic_jax.ops.resize import resize
 
 
@@ -116,7 +117,7 @@ class VideoPropagator:
 
     def start(self, num_objects: int, channels: int) -> VideoMemory:
         """An empty memory for `num_objects`, padded to the predictor's bucket."""
-        kp = _pad_to(num_objects, self.predictor.concept_bucket)
+        kp = round_up(num_objects, self.predictor.concept_bucket)
         return VideoMemory(
             jnp.zeros((kp, self.policy.slots, channels), jnp.float32), jnp.zeros((kp, self.policy.slots), bool)
         )
@@ -142,9 +143,9 @@ class VideoPropagator:
             masks = np.zeros((kp, s, s), bool)
             given[: len(annotated)] = annotated
             masks[: len(annotated)] = annotated_masks
-        graphdef, state = self.predictor._head
+        p = self.predictor
         return _step(
-            graphdef, self.predictor._precision, self.policy, state, features, text, memory,
+            p.head_graphdef, p.precision, self.policy, p.head_state, features, text, memory,
             jnp.asarray(given), jnp.asarray(masks),
         )
 
@@ -167,7 +168,7 @@ class VideoPropagator:
         for t in annotations:
             if not 0 <= t < len(frames):
                 raise ValueError(f"{name}: annotation for frame {t}, but the video has {len(frames)} frames")
-        k, kp = len(ids), _pad_to(len(ids), p.concept_bucket)
+        k, kp = len(ids), round_up(len(ids), p.concept_bucket)
         text = jnp.asarray(p.text_features([INSTANCE_PROMPT])[0])
         lut = np.zeros(kp + 1, np.uint8)  # rank label -> object id
         lut[1 : k + 1] = ids

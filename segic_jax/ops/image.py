@@ -1,4 +1,5 @@
-"""Image normalisation as the reference feeds its frozen encoder (docs/original.md section 2.1)."""
+"""Image normalisation as the reference feeds its frozen encoder (docs/original.md section 2.1), and
+the rounding of sizes and counts up to the multiples that fixed-shape programs are compiled for."""
 
 from __future__ import annotations
 
@@ -22,3 +23,9 @@ def normalize_images(images: jax.Array, valid_hw: jax.Array | None = None) -> ja
     rows = jnp.arange(x.shape[1])[None, :, None] < valid_hw[:, 0, None, None]
     cols = jnp.arange(x.shape[2])[None, None, :] < valid_hw[:, 1, None, None]
     return jnp.where((rows & cols)[..., None], x, 0.0)
+
+
+def round_up(n: int, multiple: int) -> int:
+    """n rounded up to a multiple of `multiple`, and at least `multiple` (0 too: a padded canvas or
+    concept count is never empty)."""
+    return max(multiple, -(-n // multiple) * multiple)

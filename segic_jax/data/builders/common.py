@@ -70,8 +70,9 @@ def image_size(data: bytes, path: str) -> tuple[int, int]:
         raise LayoutError(f"cannot read {path} as an image ({e})") from None
 
 
-def decode_image(path: str):
-    """The pixels of an image file as a NumPy array; a damaged or truncated file names its path."""
+def read_stored_pixels(path: str):
+    """The pixel values of an image file as stored, in its own mode (a palette image's indices, not its
+    colours: a label map's class ids), as a NumPy array; a damaged or truncated file names its path."""
     import numpy as np
     from PIL import Image
 

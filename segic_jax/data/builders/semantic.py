@@ -26,7 +26,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from segic_jax.data import rle
-from segic_jax.data.builders.common import LayoutError, load_json, read_bytes, require_dir, require_file, decode_image, image_size, pick_splits
+from segic_jax.data.builders.common import (
+    LayoutError, image_size, load_json, pick_splits, read_bytes, read_stored_pixels, require_dir, require_file,
+)
 
 _LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is the class's)
 
@@ -79,8 +81,6 @@ class Ade20kSemantic(_Semantic):
         return {s: self._generate_examples(root, d) for s, d in pick_splits(self, present, expected).items()}
 
     def _generate_examples(self, root: str, folder: str):
-        from PIL import Image
-
         images = require_dir(os.path.join(root, "images", folder), "ADE20K images")
         labels = require_dir(os.path.join(root, "annotations", folder), "ADE20K annotations")
         for name in sorted(f for f in os.listdir(images) if f.lower().endswith(".jpg")):
@@ -88,7 +88,7 @@ class Ade20kSemantic(_Semantic):
             label_path = require_file(os.path.join(labels, stem + ".png"), f"the label of {name}")
             data = read_bytes(os.path.join(images, name))
             h, w = image_size(data, os.path.join(images, name))
-            label = decode_image(label_path)
+            label = read_stored_pixels(label_path)
             if label.shape != (h, w):
                 raise LayoutError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but its image is {w}x{h}")
             classes = sorted(int(c) for c in np.unique(label) if 0 < c <= 150)

@@ -1,9 +1,13 @@
-"""Converted-model checkpoint directories: one orbax tree of parameters plus a JSON description.
+"""One model's converted checkpoint directory: an orbax tree of its parameters and a JSON description.
 
 Layout of a directory written by `save_model`:
-    segic_jax.json   {"kind": "dinov2" | "clip_text", "config": {...}, "source": "...", "format": 1}
+    segic_jax.json   {"kind": model_cls.KIND, "config": {...}, "source": "...", "format": 1}
     params/          orbax checkpoint of the parameters (nested like the NNX module tree)
-    ...              extra files the kind needs at load time (e.g. the CLIP tokenizer)
+    ...              extra files the model needs at load time (e.g. the CLIP tokenizer)
+
+Generic over the model: every function takes the model class, which names its `KIND` and its
+`Config` (a `models.config.ModelConfig`); each model module has its own `load` on top of this, and
+`models.bundle` puts three such directories together as the converted SEGIC.
 
 A directory is written under a temporary name next to its destination and renamed only once every
 part is on disk, so a failed or interrupted write never leaves something that `load_model` would
@@ -15,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -29,26 +33,8 @@ PARAMS_DIR = "params"
 FORMAT_VERSION = 1
 
 
-def _kinds() -> dict[str, tuple[type, Callable]]:
-    from segic_jax.models import clip_text, dinov2, segic
-
-    return {
-        "dinov2": (dinov2.Dinov2Config, dinov2.Dinov2),
-        "clip_text": (clip_text.ClipTextConfig, clip_text.ClipTextModel),
-        "segic_head": (segic.SegicConfig, segic.SegicHead),
-    }
-
-
-def _model_class(kind: str):
-    kinds = _kinds()
-    if kind not in kinds:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(kinds)}")
-    return kinds[kind]
-
-
-def abstract_model(kind: str, config, dtype=jnp.float32):
+def abstract_model(model_cls, config, dtype=jnp.float32):
     """The model with shape-only parameters (nothing allocated)."""
-    _, model_cls = _model_class(kind)
     return nnx.eval_shape(lambda: model_cls(config, dtype=dtype, rngs=nnx.Rngs(0)))
 
 
@@ -62,14 +48,19 @@ def flatten_params(tree: Any) -> dict[str, Any]:
     return {_path_str(path): leaf for path, leaf in leaves}
 
 
+def module_params(model) -> dict[str, Any]:
+    """Dotted path -> array of every variable (parameters and fixed buffers) of a model in memory."""
+    return flatten_params(nnx.to_pure_dict(nnx.state(model)))
+
+
 def state_shapes(model) -> dict[str, tuple[int, ...]]:
     """Dotted path -> shape of every variable (parameters and fixed buffers) of a model."""
-    return {k: tuple(v.shape) for k, v in flatten_params(nnx.to_pure_dict(nnx.state(model))).items()}
+    return {k: tuple(v.shape) for k, v in module_params(model).items()}
 
 
-def param_shapes(kind: str, config) -> dict[str, tuple[int, ...]]:
-    """Dotted path -> shape, for every variable of a model of this kind and config."""
-    return state_shapes(abstract_model(kind, config))
+def param_shapes(model_cls, config) -> dict[str, tuple[int, ...]]:
+    """Dotted path -> shape, for every variable of a `model_cls` of this config."""
+    return state_shapes(abstract_model(model_cls, config))
 
 
 def _unflatten_like(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
@@ -99,36 +90,38 @@ def _checkpointer():
     )
 
 
-def build_model(kind: str, config, params: Mapping[str, np.ndarray], *, dtype=jnp.float32):
-    """A model of this kind and config holding `params` (dotted path -> array)."""
-    return with_params(abstract_model(kind, config, dtype), params)
+def build_model(model_cls, config, params: Mapping[str, np.ndarray], *, dtype=jnp.float32):
+    """A `model_cls` of this config holding `params` (dotted path -> array)."""
+    return with_params(abstract_model(model_cls, config, dtype), params)
 
 
 def save_model(
     out_dir: str,
-    kind: str,
+    model_cls,
     config,
     params: Mapping[str, np.ndarray],
     *,
     source: str = "",
     extra_files: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    replaceable: Callable[[str], None] | None = None,
 ) -> str:
     """Write `params` (dotted path -> array, exactly the model's parameters) as a checkpoint.
 
-    `extra_files` maps a name inside the directory to a file to copy there. Returns the absolute
-    path of the directory.
+    `extra_files` maps a name inside the directory to a file to copy there. With `overwrite`, an
+    existing `out_dir` is replaced once `replaceable(out_dir)` has accepted it (it raises to refuse).
+    Returns the absolute path of the directory.
     """
     out_dir = os.path.abspath(out_dir)
-    expected = param_shapes(kind, config)
+    kind = model_cls.KIND
+    expected = param_shapes(model_cls, config)
     if set(params) != set(expected):
         raise ValueError(
             f"parameters do not match a {kind} model: missing {sorted(set(expected) - set(params))}, "
             f"unexpected {sorted(set(params) - set(expected))}"
         )
-    sources = [source, *(extra_files or {}).values()]
-    with files.atomic_directory(out_dir, overwrite, replaceable=lambda p: check_replaceable(p, sources)) as tmp:
-        template = nnx.to_pure_dict(nnx.state(abstract_model(kind, config)))
+    with files.atomic_directory(out_dir, overwrite, replaceable=replaceable) as tmp:
+        template = nnx.to_pure_dict(nnx.state(abstract_model(model_cls, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
         with _checkpointer() as ckptr:
             ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
@@ -138,33 +131,6 @@ def save_model(
         with open(os.path.join(tmp, DESCRIPTION_FILE), "w") as f:
             json.dump(description, f, indent=2)
     return out_dir
-
-
-MODEL_ENTRIES = frozenset({DESCRIPTION_FILE, PARAMS_DIR, "tokenizer.json", "vocab.json", "merges.txt"})
-SEGIC_ENTRIES = frozenset({"head", "dinov2", "clip_text", "release.json"})
-
-
-def check_replaceable(path: str, sources: Sequence[str] = ()) -> None:
-    """Raise ValueError unless `path` is a directory this project wrote (a converted model, or a SEGIC
-    checkpoint of head/, dinov2/, clip_text/) holding nothing else, and none of `sources` (the files a
-    conversion reads) lies in it: --overwrite replaces our outputs, never a user's files."""
-    path = os.path.abspath(path)
-    for src in sources:
-        if src and os.path.exists(src):
-            src = os.path.abspath(src)
-            if src == path or src.startswith(path + os.sep):
-                raise ValueError(f"refusing to replace {path}: it holds {src}, which this conversion reads")
-    entries = set(os.listdir(path))
-    model = DESCRIPTION_FILE in entries and entries <= MODEL_ENTRIES
-    segic = entries and entries <= SEGIC_ENTRIES and all(
-        os.path.isfile(os.path.join(path, part, DESCRIPTION_FILE)) for part in entries & {"head", "dinov2", "clip_text"})
-    if not (model or segic):
-        others = sorted(entries - (MODEL_ENTRIES | SEGIC_ENTRIES))
-        raise ValueError(
-            f"refusing to replace {path}: it is not a checkpoint written by segic_jax"
-            + (f" (it holds {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else "")
-            + "; remove it yourself or write elsewhere"
-        )
 
 
 def read_description(path: str) -> dict[str, Any]:
@@ -184,19 +150,19 @@ def read_description(path: str) -> dict[str, Any]:
     return desc
 
 
-def load_config(path: str, kind: str):
+def load_config(path: str, model_cls):
+    """The config of the `model_cls` checkpoint at `path`."""
     desc = read_description(path)
-    if desc.get("kind") != kind:
-        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not {kind!r}")
-    config_cls, _ = _model_class(kind)
-    return config_cls.from_dict(desc["config"])
+    if desc.get("kind") != model_cls.KIND:
+        raise ValueError(f"{path} holds a {desc.get('kind')!r} model, not {model_cls.KIND!r}")
+    return model_cls.Config.from_dict(desc["config"])
 
 
-def load_model(path: str, kind: str, *, dtype=jnp.float32):
-    """Build the model described in `path` and fill it with the saved parameters."""
+def load_model(path: str, model_cls, *, dtype=jnp.float32):
+    """Build the `model_cls` described in `path` and fill it with the saved parameters."""
     path = os.path.abspath(path)
-    config = load_config(path, kind)
-    model = abstract_model(kind, config, dtype)
+    config = load_config(path, model_cls)
+    model = abstract_model(model_cls, config, dtype)
     graphdef, state = nnx.split(model)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
     with _checkpointer() as ckptr:

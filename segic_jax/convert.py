@@ -20,6 +20,9 @@ import sys
 
 from segic_jax import checkpoints
 from segic_jax.conversion import clip_text, dinov2, segic
+from segic_jax.models import bundle
+from segic_jax.models.clip_text import ClipTextModel
+from segic_jax.models.dinov2 import Dinov2
 
 
 def _parse(argv):
@@ -63,7 +66,7 @@ def check_arguments(args) -> None:
         if not args.overwrite:
             raise ValueError(f"{os.path.abspath(args.out)} already exists; pass --overwrite to replace it")
         sources = [getattr(args, flag, None) for flag in ("src", "dinov2", "clip")]
-        checkpoints.check_replaceable(args.out, [s for s in sources if s])
+        bundle.check_replaceable(args.out, [s for s in sources if s])
     size = getattr(args, "image_size", None)
     if size is not None and (size <= 0 or size % 14):
         raise ValueError(f"--image-size must be a positive multiple of 14 (DINOv2's patch), got {size}")
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
             if args.interpolate_antialias is not None:
                 overrides["interpolate_antialias"] = args.interpolate_antialias == "true"
             config, params = dinov2.convert(args.src, overrides=overrides)
-            extra = {}
+            model_cls, extra = Dinov2, {}
         elif args.model == "segic":
             out = segic.convert_all(
                 args.src, args.dinov2, args.clip, args.out, image_size=args.image_size, overwrite=args.overwrite
@@ -89,8 +92,10 @@ def main(argv=None) -> int:
             return 0
         else:
             config, params, extra = clip_text.convert(args.src)
+            model_cls = ClipTextModel
         out = checkpoints.save_model(
-            args.out, args.model, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite
+            args.out, model_cls, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite,
+            replaceable=lambda p: bundle.check_replaceable(p, [args.src]),
         )
     except (ValueError, FileExistsError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)

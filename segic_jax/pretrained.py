@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 import urllib.error
 import urllib.request
 
-from segic_jax import files
+from segic_jax.models import bundle
 
 DINOV2_HUB = "https://dl.fbaipublicfiles.com/dinov2"  # SEGIC_JAX_DINOV2_HUB replaces it (a mirror)
 CLIP_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")  # what the conversion reads
@@ -143,14 +142,7 @@ def fetch(rel: Release, cache_dir: str | None = None, *, progress: bool = True) 
 
 
 def _complete(out: str, rel: Release, image_size: int) -> bool:
-    marker = os.path.join(out, "release.json")
-    if not os.path.isfile(marker):
-        return False
-    try:
-        with open(marker, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return False
+    info = bundle.read_release(out)
     return info.get("name") == rel.name and info.get("image_size") == image_size
 
 
@@ -186,7 +178,7 @@ def pretrained_dir(name: str = DEFAULT, *, cache_dir: str | None = None, image_s
                           "sha256": {f: sha256(os.path.join(sources["clip"], f)) for f in rel.clip_files}},
         },
     }
-    files.write_json(os.path.join(out, "release.json"), info)
+    bundle.write_release(out, info)
     return out
 
 

@@ -10,6 +10,7 @@ import torch
 from segic_jax import checkpoints
 from segic_jax.conversion import clip_text as clip_conversion
 from segic_jax.models import clip_text
+from segic_jax.models.clip_text import ClipTextModel
 from perturb import perturbed
 from torch_reference import hf_clip_text, write_clip_vocab
 
@@ -44,7 +45,7 @@ def converted(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(str(root / "hf"))
     config, params, extra = clip_conversion.convert(str(root / "hf"), progress=False)
-    out = checkpoints.save_model(str(root / "ckpt"), "clip_text", config, params, extra_files=extra)
+    out = checkpoints.save_model(str(root / "ckpt"), ClipTextModel, config, params, extra_files=extra)
     text_model = hf.text_model if request.param == "full_clip" else hf
     return clip_text.load(out), text_model
 
@@ -126,7 +127,7 @@ def test_tokenizer_files_travel_with_the_converted_checkpoint(tmp_path, clip_voc
     for name in ("vocab.json", "merges.txt"):
         os.link(os.path.join(clip_vocab, name), tmp_path / "hf" / name)
     config, params, extra = clip_conversion.convert(str(tmp_path / "hf"), progress=False)
-    out = checkpoints.save_model(str(tmp_path / "ckpt"), "clip_text", config, params, extra_files=extra)
+    out = checkpoints.save_model(str(tmp_path / "ckpt"), ClipTextModel, config, params, extra_files=extra)
     assert config.eos_token_id == 49407
     tok = clip_text.ClipTokenizer.from_folder(out)
     assert tok(["a photo of a cat"])[0, :2].tolist() == [49406, 320]

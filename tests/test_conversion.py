@@ -14,6 +14,7 @@ from segic_jax import checkpoints, convert
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax.conversion.core import ConversionError, Rule, apply_rules, linear
 from segic_jax.models import dinov2
+from segic_jax.models.dinov2 import Dinov2
 from sandbox import marking_stand_in, python_path
 from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict
 
@@ -115,12 +116,12 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, hub_state):
     config, params = dinov2_conversion.convert(_write(tmp_path, hub_state), progress=False)
     with pytest.raises(FileNotFoundError):
         checkpoints.save_model(
-            str(tmp_path / "out"), "dinov2", config, params, extra_files={"tokenizer.json": str(tmp_path / "absent")}
+            str(tmp_path / "out"), Dinov2, config, params, extra_files={"tokenizer.json": str(tmp_path / "absent")}
         )
     assert _nothing_written(tmp_path)
     params.pop("norm.bias")
     with pytest.raises(ValueError, match="missing.*norm.bias"):
-        checkpoints.save_model(str(tmp_path / "out"), "dinov2", config, params)
+        checkpoints.save_model(str(tmp_path / "out"), Dinov2, config, params)
     assert _nothing_written(tmp_path)
 
 
@@ -128,7 +129,7 @@ def test_loading_something_else_is_a_clear_error(tmp_path, hub_state):
     with pytest.raises(FileNotFoundError, match="not a segic_jax checkpoint"):
         dinov2.load(str(tmp_path))
     config, params = dinov2_conversion.convert(_write(tmp_path, hub_state), progress=False)
-    out = checkpoints.save_model(str(tmp_path / "out"), "dinov2", config, params)
+    out = checkpoints.save_model(str(tmp_path / "out"), Dinov2, config, params)
     from segic_jax.models import clip_text
 
     with pytest.raises(ValueError, match="holds a 'dinov2' model, not 'clip_text'"):

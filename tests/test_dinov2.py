@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from segic_jax import checkpoints
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax.models import dinov2
+from segic_jax.models.dinov2 import Dinov2
 from perturb import perturbed
 from torch_reference import hf_dinov2, hf_folder_to_hub_state_dict, hub_interpolation
 
@@ -67,7 +68,7 @@ def converted(request, tmp_path_factory):
     loaded = {}
     for layout, src in (("hf", hf_dir), ("hub", hub_path)):
         config, params = dinov2_conversion.convert(src, progress=False)
-        out = checkpoints.save_model(str(root / f"ckpt_{layout}"), "dinov2", config, params)
+        out = checkpoints.save_model(str(root / f"ckpt_{layout}"), Dinov2, config, params)
         loaded[layout] = dinov2.load(out)
     hub_ref = hub_interpolation(copy.deepcopy(hf), 0.0 if registers else 0.1, bool(registers))
     return dict(hf=(loaded["hf"], hf), hub=(loaded["hub"], hub_ref), registers=registers, hf_dir=hf_dir)
@@ -124,13 +125,13 @@ def test_hf_in_memory_naming_converts(tmp_path, rng):
     assert any("attention.q_proj" in k for k in renamed) and any("gate_proj" in k for k in renamed)
     save_file(renamed, str(tmp_path / "model.safetensors"))
     config, params = dinov2_conversion.convert(str(tmp_path), progress=False)
-    model = checkpoints.build_model("dinov2", config, params)
+    model = checkpoints.build_model(Dinov2, config, params)
     images = rng.standard_normal((1, 98, 42, 3)).astype(np.float32)
     assert _max_diff(model, hf, images, 0) <= TOL
 
 
 def test_arch_read_from_hub_tensors(converted):
-    config = checkpoints.load_config(os.path.join(os.path.dirname(converted["hf_dir"]), "ckpt_hub"), "dinov2")
+    config = checkpoints.load_config(os.path.join(os.path.dirname(converted["hf_dir"]), "ckpt_hub"), Dinov2)
     assert (config.embed_dim, config.depth, config.num_heads, config.pos_grid) == (128, 2, 2, 5)
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from fake_datasets import build_args, write_ade, write_coco, write_davis
 from segic_jax import checkpoints, files
+from segic_jax.models import bundle
 from segic_jax.data import build as build_cli
 from segic_jax.data.builders import BUILDERS
 from segic_jax.evaluation import records
@@ -37,22 +38,22 @@ def _fake_model_dir(path, marker):
 def test_overwrite_replaces_only_our_own_outputs_in_one_step(tmp_path):
     out = tmp_path / "out"
     _fake_model_dir(out, "old")
-    with files.atomic_directory(str(out), overwrite=True, replaceable=checkpoints.check_replaceable) as tmp:
+    with files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable) as tmp:
         _fake_model_dir(tmp, "new")
     assert (out / checkpoints.DESCRIPTION_FILE).read_text() == "new"
     assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # the old one is gone, no leftovers
 
     # a failure inside the block keeps the old one whole
     with pytest.raises(RuntimeError):
-        with files.atomic_directory(str(out), overwrite=True, replaceable=checkpoints.check_replaceable):
+        with files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable):
             raise RuntimeError("conversion failed")
     assert (out / checkpoints.DESCRIPTION_FILE).read_text() == "new"
 
     (out / "notes.txt").write_text("mine")  # a user's file inside: no longer ours to replace
     with pytest.raises(ValueError, match="it holds notes.txt"):
-        checkpoints.check_replaceable(str(out))
+        bundle.check_replaceable(str(out))
     with pytest.raises(ValueError, match="it holds .*notes.txt, which this conversion reads"):
-        checkpoints.check_replaceable(str(tmp_path), [str(out / "notes.txt"), str(tmp_path / "out")])
+        bundle.check_replaceable(str(tmp_path), [str(out / "notes.txt"), str(tmp_path / "out")])
 
 
 def test_leftovers_of_killed_writes_are_removed(tmp_path):

@@ -10,6 +10,7 @@ from segic_jax import checkpoints
 from segic_jax.conversion import segic as segic_conversion
 from segic_jax.conversion.core import ConversionError
 from segic_jax.models import segic
+from segic_jax.models.segic import SegicHead
 from torch_reference import TorchSegicHead
 
 TOL = 1e-4
@@ -33,9 +34,9 @@ def test_released_layout_has_the_documented_keys_and_converts_round_trip(tmp_pat
         params["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],
         state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"].numpy(),
     )
-    out = checkpoints.save_model(str(tmp_path / "head"), "segic_head", config, params)
-    loaded = checkpoints.load_model(out, "segic_head")
-    flat = checkpoints.flatten_params(__import__("flax").nnx.to_pure_dict(__import__("flax").nnx.state(loaded)))
+    out = checkpoints.save_model(str(tmp_path / "head"), SegicHead, config, params)
+    loaded = segic.load(out)
+    flat = checkpoints.module_params(loaded)
     assert all(np.array_equal(np.asarray(flat[k]), params[k]) for k in params)
 
 
@@ -53,12 +54,12 @@ def test_released_layout_errors_are_named(tmp_path):
 def small_heads():
     ref = TorchSegicHead(vision_dim=32, text_dim=16, grid=8, image_size=112)
     state = {k: v.numpy() for k, v in ref.state_dict().items()}
-    config = segic_conversion.head_config(state, "test")
+    config = segic_conversion.config_from_tensors(state, "test")
     config = segic.SegicConfig.from_dict({**config.to_dict(), "image_size": 112})
     from segic_jax.conversion.core import apply_rules
 
-    params = apply_rules(state, segic_conversion.HEAD_RULES, checkpoints.param_shapes("segic_head", config), progress=False)
-    return ref, checkpoints.build_model("segic_head", config, params)
+    params = apply_rules(state, segic_conversion.HEAD_RULES, checkpoints.param_shapes(SegicHead, config), progress=False)
+    return ref, checkpoints.build_model(SegicHead, config, params)
 
 
 def test_batched_padded_decode_matches_the_reference_target_by_target(small_heads, rng):

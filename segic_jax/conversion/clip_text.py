@@ -15,18 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from segic_jax import checkpoints
-from segic_jax.conversion.core import (
-    ConversionError,
-    Rule,
-    apply_rules,
-    find_files,
-    linear,
-    read_hf_config,
-    read_state_dict,
-)
-from segic_jax.models.clip_text import ClipTextConfig
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+from segic_jax.conversion.core import ConversionError, Rule, apply_rules, linear, read_hf_config, read_state_dict
+from segic_jax.models.clip_text import ClipTextConfig, ClipTextModel, ClipTokenizer, tokenizer_files
 
 _LAYER = r"text_model\.encoder\.layers\.(\d+)"
 RULES = [
@@ -87,14 +77,10 @@ def convert(src: str, *, progress: bool = True):
     if not any(k.startswith("text_model.") for k in state):
         # transformers >= 5 saves a bare CLIPTextModel without the `text_model.` prefix
         state = {f"text_model.{k}": v for k, v in state.items()}
-    tokenizer_files = find_files(src, TOKENIZER_FILES)
-    eos = None
-    if tokenizer_files:
-        from segic_jax.models.clip_text import ClipTokenizer
-
-        eos = ClipTokenizer.from_folder(src).eos_token_id
+    tokenizer = tokenizer_files(src)
+    eos = ClipTokenizer.from_folder(src).eos_token_id if tokenizer else None
     config = text_config(read_hf_config(src), state, src, eos)
     params = apply_rules(
-        state, RULES, checkpoints.param_shapes("clip_text", config), ignore=IGNORE, source_name=src, progress=progress
+        state, RULES, checkpoints.param_shapes(ClipTextModel, config), ignore=IGNORE, source_name=src, progress=progress
     )
-    return config, params, tokenizer_files
+    return config, params, tokenizer

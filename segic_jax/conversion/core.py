@@ -211,8 +211,3 @@ def read_hf_config(folder: str) -> dict:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ConversionError(f"{config_path} is not valid JSON: {e}") from None
-
-
-def find_files(folder: str, names: Iterable[str]) -> dict[str, str]:
-    """The files among `names` that exist in `folder`, name -> path."""
-    return {n: os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))}

@@ -34,7 +34,7 @@ from segic_jax.conversion.core import (
     read_hf_config,
     read_state_dict,
 )
-from segic_jax.models.dinov2 import Dinov2Config
+from segic_jax.models.dinov2 import Dinov2, Dinov2Config
 
 _BLOCK = r"blocks\.(?:\d+\.)?(\d+)"  # hub blocks, optionally inside a block chunk
 
@@ -188,7 +188,7 @@ def convert(src: str, *, overrides: Mapping | None = None, progress: bool = True
     params = apply_rules(
         state,
         rules,
-        checkpoints.param_shapes("dinov2", config),
+        checkpoints.param_shapes(Dinov2, config),
         ignore=ignore,
         source_name=src,
         progress=progress,

@@ -8,16 +8,17 @@ Names follow the reference (`neck.{0,1,2,3}`, SAM's `prompt_encoder` and `mask_d
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import numpy as np
 
-from segic_jax import checkpoints, files
+from segic_jax import checkpoints
 from segic_jax.conversion import clip_text as clip_conversion
 from segic_jax.conversion import dinov2 as dinov2_conversion
 from segic_jax.conversion.core import ConversionError, Rule, apply_rules, conv, identity, linear, read_state_dict
-from segic_jax.models.segic import SegicConfig
+from segic_jax.models import bundle
+from segic_jax.models.clip_text import TOKENIZER_FILES
+from segic_jax.models.segic import SegicConfig, SegicHead
 
 
 def conv_transpose(x: np.ndarray) -> np.ndarray:
@@ -91,7 +92,7 @@ HEAD_RULES = [
 HEAD_IGNORE = [r"encoder\..*", r"pixel_mean", r"pixel_std"]
 
 
-def head_config(state: Mapping[str, np.ndarray], src: str) -> SegicConfig:
+def config_from_tensors(state: Mapping[str, np.ndarray], src: str) -> SegicConfig:
     """The head's architecture from its tensors (widths, mask-prompt strides)."""
     try:
         inst_proj = state["inst_proj.weight"]
@@ -109,10 +110,10 @@ def convert_head(src: str, *, image_size: int = 896, progress: bool = True):
     """(config, params) of the SEGIC head in the checkpoint at `src`."""
     state = read_state_dict(src)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    config = head_config(state, src)
+    config = config_from_tensors(state, src)
     config = SegicConfig.from_dict({**config.to_dict(), "image_size": image_size})
     params = apply_rules(
-        state, HEAD_RULES, checkpoints.param_shapes("segic_head", config), ignore=HEAD_IGNORE,
+        state, HEAD_RULES, checkpoints.param_shapes(SegicHead, config), ignore=HEAD_IGNORE,
         source_name=src, progress=progress,
     )
     return config, params
@@ -122,25 +123,21 @@ def convert_all(
     segic: str, dinov2: str, clip: str, out: str, *, image_size: int = 896, overwrite: bool = False,
     progress: bool = True,
 ) -> str:
-    """Convert the head, the DINOv2 it was trained with and the CLIP text tower into one directory
-    (`head/`, `dinov2/`, `clip_text/`), written only when all three convert."""
+    """Convert the head, the DINOv2 it was trained with and the CLIP text tower into one converted
+    SEGIC directory (`models.bundle`), written only when all three convert."""
     head_cfg, head = convert_head(segic, image_size=image_size, progress=progress)
     # SEGIC ran the hub DINOv2; keep the hub's resampling even for weights from Hugging Face.
     hub_resampling = {"interpolate_offset": 0.1, "interpolate_antialias": False}
     dino_cfg, dino = dinov2_conversion.convert(dinov2, overrides=hub_resampling, progress=progress)
     clip_cfg, text, tokenizer_files = clip_conversion.convert(clip, progress=progress)
     if not tokenizer_files:
-        raise ConversionError(f"{clip} has no tokenizer files ({', '.join(clip_conversion.TOKENIZER_FILES)})")
+        raise ConversionError(f"{clip} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     if dino_cfg.embed_dim != head_cfg.vision_dim or clip_cfg.width != head_cfg.text_dim:
         raise ConversionError(
             f"the SEGIC head expects {head_cfg.vision_dim}-d vision and {head_cfg.text_dim}-d text features; "
             f"{dinov2} gives {dino_cfg.embed_dim}-d and {clip} {clip_cfg.width}-d"
         )
-    sources = [segic, dinov2, clip]
-    with files.atomic_directory(out, overwrite, replaceable=lambda p: checkpoints.check_replaceable(p, sources)) as tmp:
-        checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head_cfg, head, source=segic)
-        checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", dino_cfg, dino, source=dinov2)
-        checkpoints.save_model(
-            os.path.join(tmp, "clip_text"), "clip_text", clip_cfg, text, source=clip, extra_files=tokenizer_files
-        )
-    return os.path.abspath(out)
+    return bundle.save(
+        out, bundle.Part(head_cfg, head, segic), bundle.Part(dino_cfg, dino, dinov2), bundle.Part(clip_cfg, text, clip),
+        tokenizer_files=tokenizer_files, overwrite=overwrite, inputs=[segic, dinov2, clip],
+    )

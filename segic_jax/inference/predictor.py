@@ -13,7 +13,8 @@ over sums of areas), which for a single reference is exactly SEGIC's instance fe
 reference image and K masks this is SEGIC's instance mode (K instances, decoded jointly with
 cross-instance tokens); with one reference per class and class names it is its semantic mode (all
 classes decoded jointly, each with its own "a photo of a {class}" prompt); several reference images
-for the same concepts are k-shot.
+for the same concepts are k-shot. `concept_stacks` makes those mask stacks from one mask per
+reference image and optional class names (the predict command's and the page's inputs).
 
 Throughput. Everything between reading an image and handing back its masks runs on the device:
 the evaluation resize to the model size (from uint8 pixels padded to a multiple of 128 px, so the
@@ -38,14 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from segic_jax import checkpoints
-from segic_jax.models import clip_text, dinov2
-from segic_jax.models.encoders import INSTANCE_PROMPT, class_prompt, compute_dtype, encode_prompts, matmul_precision
+from segic_jax.models import bundle, clip_text, dinov2
+from segic_jax.models.encoders import INSTANCE_PROMPT, class_prompt, encode_prompts, matmul_precision
 from segic_jax.models.segic import SegicHead
 from segic_jax.ops.correspondence import masked_feature_sums
+from segic_jax.ops.image import round_up
 from segic_jax.ops.resize import interpolation_taps, resample_taps, scaled_size
 
-__all__ = ["INSTANCE_PROMPT", "Context", "Episode", "Prediction", "Predictor", "check_checkpoint", "class_prompt"]
+__all__ = ["INSTANCE_PROMPT", "Context", "Episode", "Prediction", "Predictor", "class_prompt", "concept_stacks"]
 
 CANVAS_MULTIPLE = 128  # images and outputs are padded to multiples of this on the device
 
@@ -90,18 +91,18 @@ class Episode(NamedTuple):
     instance_prompt: bool = False
 
 
-def check_checkpoint(path: str) -> None:
-    """Raise FileNotFoundError unless `path` looks like a converted SEGIC checkpoint directory."""
-    for part in ("head", "dinov2", "clip_text"):
-        if not os.path.isdir(os.path.join(path, part)):
-            raise FileNotFoundError(
-                f"{path} is not a converted SEGIC checkpoint: it has no {part}/ "
-                "(write one with `python -m segic_jax.convert segic ...`)"
-            )
-
-
-def _pad_to(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
+def concept_stacks(masks: Sequence[np.ndarray], class_names: Sequence[str] = ()) -> tuple[list[np.ndarray], list | None]:
+    """One (H, W) mask per reference -> per-reference (K, H, W) stacks and the K concept names (None
+    without names), as `Predictor.encode_context` takes them. References with the same class name
+    are shots of one concept; without class names every reference is its own concept."""
+    concepts = list(dict.fromkeys(class_names)) if class_names else list(range(len(masks)))
+    keys = class_names if class_names else list(range(len(masks)))
+    stacks = []
+    for mask, key in zip(masks, keys):
+        stack = np.zeros((len(concepts),) + mask.shape, bool)
+        stack[concepts.index(key)] = mask
+        stacks.append(stack)
+    return stacks, (concepts if class_names else None)
 
 
 def concept_slots(k: int, bucket: int) -> int:
@@ -110,7 +111,7 @@ def concept_slots(k: int, bucket: int) -> int:
     compiled decoders serve every count."""
     if k <= bucket:
         return min(bucket, 1 << max(0, k - 1).bit_length())
-    return _pad_to(k, bucket)
+    return round_up(k, bucket)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -144,8 +145,8 @@ class _Fitted(NamedTuple):
 def _canvas(arrays: Sequence[np.ndarray], channels: int, rows: int | None = None) -> np.ndarray:
     """(rows, Hc, Wc, channels): each (H, W, C <= channels) array at the top left of its row, zeros
     elsewhere (further rows, channels, and the padding to a multiple of CANVAS_MULTIPLE)."""
-    hc = _pad_to(max(a.shape[0] for a in arrays), CANVAS_MULTIPLE)
-    wc = _pad_to(max(a.shape[1] for a in arrays), CANVAS_MULTIPLE)
+    hc = round_up(max(a.shape[0] for a in arrays), CANVAS_MULTIPLE)
+    wc = round_up(max(a.shape[1] for a in arrays), CANVAS_MULTIPLE)
     # uint8 pixels travel as uint8 (a quarter of float32); anything else keeps its values exactly
     dtype = np.uint8 if all(np.asarray(a).dtype == np.uint8 for a in arrays) else np.float32
     canvas = np.zeros((rows or len(arrays), hc, wc, channels), dtype)
@@ -173,8 +174,8 @@ def _fit_inputs(images: Sequence[np.ndarray], size: int) -> _Fitted:
 def _output_taps(fitted: _Fitted) -> _Resample:
     """Crop each image's valid extent out of the model frame and resize it to the original size,
     padded to a common bucket (the host slices each image's (H, W) out)."""
-    hp = _pad_to(max(h for h, _ in fitted.sizes), CANVAS_MULTIPLE)
-    wp = _pad_to(max(w for _, w in fitted.sizes), CANVAS_MULTIPLE)
+    hp = round_up(max(h for h, _ in fitted.sizes), CANVAS_MULTIPLE)
+    wp = round_up(max(w for _, w in fitted.sizes), CANVAS_MULTIPLE)
     rows = [interpolation_taps(int(v[0]), hw[0], hp) for v, hw in zip(fitted.valid_hw, fitted.sizes)]
     cols = [interpolation_taps(int(v[1]), hw[1], wp) for v, hw in zip(fitted.valid_hw, fitted.sizes)]
     return _stack_taps(rows, cols)
@@ -210,13 +211,13 @@ class Predictor:
                              f"{batch_size}, {concept_bucket}, {prefetch}")
         self.head, self.encoder, self.text_model, self.tokenizer = head, encoder, text_model, tokenizer
         self.checkpoint: str | None = None  # the directory it was loaded from (from_checkpoint / from_pretrained)
-        self._precision = matmul_precision(head.dtype)
+        self.precision = matmul_precision(head.dtype)  # of its programs, the video step's (`VideoPropagator`) too
         # Programs bound to the modules' parameters once: calling an nnx.jit function walks the
         # module graph on every call (it cost more than DINOv2-L's forward pass itself), and even a
         # (graphdef, state) pair costs ~10 ms per call in hashing the state's structure.
-        self._encode = _bind(_encode, encoder, self._precision)
-        self._decode_rows = _bind(_decode, head, self._precision)
-        self._head = nnx.split(head)  # for the video step
+        self._encode = _bind(_encode, encoder, self.precision)
+        self._decode_rows = _bind(_decode, head, self.precision)
+        self.head_graphdef, self.head_state = nnx.split(head)  # for the video step
         self.image_size = head.cfg.image_size
         self.batch_size = batch_size
         self.concept_bucket = concept_bucket
@@ -241,17 +242,7 @@ class Predictor:
 
         fp8: DINOv2's linear layers in FP8 e4m3 (per-tensor scaling; with dtype bfloat16), for
         Hopper-class GPUs (`dinov2.use_fp8_matmuls`); its effect is in benchmarks/RESULTS.md."""
-        compute = compute_dtype(dtype)
-        if fp8 and dtype != "bfloat16":
-            raise ValueError(f"fp8 matmuls go with dtype bfloat16, got dtype {dtype!r}")
-        check_checkpoint(path)
-        head = checkpoints.load_model(os.path.join(path, "head"), "segic_head", dtype=compute)
-        encoder = dinov2.load(os.path.join(path, "dinov2"), dtype=compute)
-        if fp8:
-            dinov2.use_fp8_matmuls(encoder)
-        text_model = clip_text.load(os.path.join(path, "clip_text"), dtype=compute)
-        tokenizer = clip_text.ClipTokenizer.from_folder(os.path.join(path, "clip_text"))
-        predictor = cls(head, encoder, text_model, tokenizer, **kwargs)
+        predictor = cls(*bundle.load(path, dtype=dtype, fp8=fp8), **kwargs)
         predictor.checkpoint = os.path.abspath(path)
         return predictor
 
@@ -303,7 +294,7 @@ class Predictor:
         resize the soft masks directly (`binarize=False`). The two differ only along mask edges."""
         if len(images) != len(masks) or not images:
             raise ValueError(f"need one mask array per reference image, got {len(images)} images and {len(masks)}")
-        masks = _concept_stacks(images, masks)
+        masks = _mask_stacks(images, masks)
         k = masks[0].shape[0]
         if any(m.shape[0] != k for m in masks):
             i = next(i for i, m in enumerate(masks) if m.shape[0] != k)
@@ -349,7 +340,7 @@ class Predictor:
 
         def dispatch(batch: list) -> _Pending:
             padded = self._padded(batch)  # (index, episode) pairs, the last repeated
-            stacks = [_concept_stacks([e.reference], [e.masks])[0] for _, e in padded]
+            stacks = [_mask_stacks([e.reference], [e.masks])[0] for _, e in padded]
             for (n, _), m in zip(batch, stacks):
                 if not m.reshape(m.shape[0], -1).any(1).all():
                     raise ValueError(f"episode {n} has an empty reference mask")
@@ -407,7 +398,7 @@ class Predictor:
             yield from self._collect(in_flight.popleft())
 
 
-def _concept_stacks(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _mask_stacks(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Masks as (K, H, W) bool stacks, each checked against its image."""
     stacks = [np.asarray(m, bool)[None] if np.ndim(m) == 2 else np.asarray(m, bool) for m in masks]
     for i, (image, m) in enumerate(zip(images, stacks)):

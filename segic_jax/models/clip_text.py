@@ -25,6 +25,8 @@ from segic_jax import checkpoints
 from segic_jax.models.config import ModelConfig
 from segic_jax.ops.attention import multi_head_attention
 
+# the files of a Hugging Face CLIP tokenizer folder that `ClipTokenizer.from_folder` reads
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 
@@ -98,6 +100,9 @@ class EncoderLayer(nnx.Module):
 class ClipTextModel(nnx.Module):
     """token ids (B, L) int -> `ClipTextOutput`. Padding needs no mask: attention is causal and
     the pooled token is the first end-of-text, which sees no padding after it."""
+
+    KIND = "clip_text"  # in checkpoint descriptions
+    Config = ClipTextConfig
 
     def __init__(self, cfg: ClipTextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -173,6 +178,11 @@ class ClipTokenizer:
         return np.array([e.ids for e in self._tok.encode_batch(list(texts))], dtype=np.int32)
 
 
+def tokenizer_files(folder: str) -> dict[str, str]:
+    """The tokenizer files (TOKENIZER_FILES) that `folder` holds, name -> path."""
+    return {n: os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))}
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte -> printable character table, in its canonical order: the printable bytes
     first, then the others mapped past 255 (the order sets the first 512 token ids)."""
@@ -233,4 +243,4 @@ def _bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
 
 def load(path: str, *, dtype=jnp.float32) -> ClipTextModel:
     """A CLIP text model from a checkpoint directory written by `python -m segic_jax.convert clip_text`."""
-    return checkpoints.load_model(path, "clip_text", dtype=dtype)
+    return checkpoints.load_model(path, ClipTextModel, dtype=dtype)

@@ -176,6 +176,9 @@ class Block(nnx.Module):
 class Dinov2(nnx.Module):
     """DINOv2 backbone. `dtype` is the compute dtype; parameters stay float32."""
 
+    KIND = "dinov2"  # in checkpoint descriptions
+    Config = Dinov2Config
+
     def __init__(self, cfg: Dinov2Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.ffn not in ("mlp", "swiglu"):
             raise ValueError(f"ffn must be 'mlp' or 'swiglu', got {cfg.ffn!r}")
@@ -255,4 +258,4 @@ def use_fp8_matmuls(encoder: Dinov2) -> Dinov2:
 
 def load(path: str, *, dtype=jnp.float32) -> Dinov2:
     """A DINOv2 model from a checkpoint directory written by `python -m segic_jax.convert dinov2`."""
-    return checkpoints.load_model(path, "dinov2", dtype=dtype)
+    return checkpoints.load_model(path, Dinov2, dtype=dtype)

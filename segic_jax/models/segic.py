@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from segic_jax import checkpoints
 from segic_jax.models.config import ModelConfig
 from segic_jax.models.layers import layer_norm_2d
 from segic_jax.models.mask_decoder import MaskDecoder, MaskDecoderConfig
@@ -75,6 +76,9 @@ def cross_instance_tokens(tokens: jax.Array, type_embed: jax.Array) -> jax.Array
 
 
 class SegicHead(nnx.Module):
+    KIND = "segic_head"  # in checkpoint descriptions
+    Config = SegicConfig
+
     def __init__(self, cfg: SegicConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
@@ -249,3 +253,8 @@ def _rematerialised_rows(head: SegicHead, image, per_row, chunk: int) -> jax.Arr
     decode = jax.checkpoint(lambda state, image, xs: nnx.merge(graph, state)._row_masks(image, *xs))
     out = jax.lax.map(lambda xs: decode(state, image, xs), chunks)
     return out.reshape((n * chunk,) + out.shape[2:])[:rows]
+
+
+def load(path: str, *, dtype=jnp.float32) -> SegicHead:
+    """A SEGIC head from a checkpoint directory (the head/ of a converted SEGIC, `models.bundle`)."""
+    return checkpoints.load_model(path, SegicHead, dtype=dtype)

@@ -291,20 +291,15 @@ def run_convert(args, workdir: str) -> dict:
 
 
 def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
-    import functools
-
     import jax
-    import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from dinov2_forward import PEAKS
-    from segic_jax import checkpoints
-    from segic_jax.models import dinov2
-    from segic_jax.models.segic import SegicConfig, SegicHead
-    from segic_jax.training import step as train_lib
+    from segic_jax.models import dinov2, segic
     from segic_jax.models.encoders import compute_dtype, matmul_precision
-    from segic_jax.training.trainer import BATCH_AXES, encoder_sharding, make_mesh
+    from segic_jax.models.segic import SegicConfig, SegicHead
+    from segic_jax.training import mesh as mesh_lib
+    from segic_jax.training import step as train_lib
 
     device = jax.devices()[0]
     memory = CpuMemory() if device.platform == "cpu" else JaxDeviceMemory(device)
@@ -312,7 +307,7 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     converted = os.path.join(workdir, CONVERTED)
     if os.path.isdir(converted):
         encoder = dinov2.load(os.path.join(converted, "dinov2"), dtype=dtype)
-        head = checkpoints.load_model(os.path.join(converted, "head"), "segic_head")  # trains in float32
+        head = segic.load(os.path.join(converted, "head"))  # trains in float32
         text_table = np.load(os.path.join(workdir, TEXT_FILE))
         weights = "converted from the original"
     else:
@@ -321,23 +316,14 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
         text_table = np.random.default_rng(0).standard_normal((1, head.cfg.text_dim)).astype(np.float32)
         weights = "random"
 
-    # as segic_jax.training.trainer.Trainer builds its step
-    mesh = make_mesh(1)
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXES))
-    tx = train_lib.optimizer(LEARNING_RATE)
-    head_graph, params, rest = nnx.split(head, nnx.Param, ...)
-    encoder_graph, encoder_state = nnx.split(encoder)
-    params, rest = jax.device_put(params, replicated), jax.device_put(rest, replicated)
-    encoder_state = jax.device_put(encoder_state, encoder_sharding(mesh, encoder_state))
-    text_table = jax.device_put(jnp.asarray(text_table), replicated)
-    opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+    # the trainer's step, placed on a one-device mesh as segic_jax.training.trainer.Trainer places it;
     # float32 is configs/segic.py:paper (every matmul full precision, as PyTorch's float32), bfloat16
     # is paper_bf16 (bf16 encoders, XLA's default precision): the two rows are the switch's effect
+    mesh = mesh_lib.make_mesh(1)
     options = train_lib.StepOptions(remat_rows=remat_rows, precision=matmul_precision(dtype))
-    train_step = jax.jit(
-        functools.partial(train_lib.train_step, head_graph, encoder_graph, tx, options=options),
-        donate_argnums=(0, 2), out_shardings=(replicated, replicated, replicated),
-    )
+    placed = mesh_lib.place_step(mesh, head, encoder, text_table, train_lib.optimizer(LEARNING_RATE), options)
+    train_step, params, rest, opt_state = placed.run, placed.params, placed.rest, placed.opt_state
+    encoder_state, text_table, batch_sharding = placed.encoder_state, placed.text_table, mesh_lib.batch_sharding(mesh)
 
     arrays = dict(np.load(os.path.join(workdir, BATCH_FILE)))
     b, k, size = arrays["target_masks"].shape[:3]

@@ -26,10 +26,7 @@ config serves `--mode correspondence` (image_size, dtype, dinov2, seed).
 
 import ml_collections
 
-PAPER_MIXTURE = (
-    "coco20i_semantic:train:semantic:class,ade20k_semantic:train:semantic:image,"
-    "coco_instances:train:instance,lvis_instances:train:instance"
-)
+from segic_jax.data import mixture
 
 
 VARIANTS = ("demo", "small", "paper", "paper_bf16")
@@ -57,10 +54,11 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.data_dir = "data"  # where the TFDS datasets are built
-    c.data.mixture = PAPER_MIXTURE  # name:split:kind[:rule], comma-separated
-    c.data.weights = ""  # comma-separated sampling weights; empty: uniform
+    # (dataset, split, episodes, weight) entries (segic_jax/data/mixture.py); on the command line a
+    # Python tuple: --config.data.mixture="(('synthetic_incontext', 'train', 'class', 1.0),)"
+    c.data.mixture = mixture.PAPER
     c.data.max_instances = 19  # most instance masks per episode (0..19 drawn, as the original's randint(0, 19))
-    c.data.semantic_scale_range = "0.1,2.0"  # large-scale jitter of semantic episodes (docs/original.md 4.2)
+    c.data.semantic_scale_range = (0.1, 2.0)  # large-scale jitter of semantic episodes (docs/original.md 4.2)
     # the original resizes a semantic reference to a square, ignoring its aspect ratio (4.2); False keeps it
     c.data.square_reference = True
     c.data.workers = 4  # grain worker processes per host; 0: in-process
@@ -105,7 +103,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.log.progress = True  # a tqdm bar; False prints a line per log step instead
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.benchmark = "fss1000"  # held-out evaluation during training (segic_jax.evaluation.runner)
+    c.eval.benchmark = "fss1000"  # held-out evaluation during training (segic_jax.evaluation.evaluate)
     c.eval.data_dir = ""  # empty: data.data_dir
     c.eval.dataset = ""  # another build of the benchmark's dataset (e.g. synthetic_incontext/tiny)
     c.eval.episodes = 500
@@ -131,9 +129,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
         c.dinov2.depth = 1
         c.clip.width, c.clip.depth = 64, 1
         c.data.data_dir = "~/.cache/segic_jax/data"
-        c.data.mixture = "synthetic_incontext:train:class,synthetic_incontext:train:instance"
-        c.data.weights = "3,1"
-        c.data.semantic_scale_range = "0.7,1.4"
+        c.data.mixture = (("synthetic_incontext", "train", "class", 3.0), ("synthetic_incontext", "train", "instance", 1.0))
+        c.data.semantic_scale_range = (0.7, 1.4)
         c.data.max_instances = 3
         c.data.workers = 0
         c.train.global_batch_size = 8

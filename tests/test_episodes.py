@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fake_datasets import write_ade, build_args, fake_splits
-from segic_jax.data import augment, episodes
+from segic_jax.data import augment, episodes, mixture
 from segic_jax.data import build as build_cli
 from segic_jax.data.sources import class_names, data_source, decode_instances, decode_semantic
 
@@ -186,7 +186,7 @@ def test_paper_mixture_from_the_four_built_datasets(tmp_path):
     for name, files in (("coco20i_semantic", "coco14"), ("ade20k_semantic", "ade"), ("coco_instances", "coco"), ("lvis_instances", "lvis")):
         split = "train" if name == "lvis_instances" else None  # its annotations were renamed to the train file
         assert build_cli.main(build_args(name, str(tmp_path / files), data, split)) == 0
-    samplers = episodes.mixture_samplers(data, SIZE, K)
+    samplers = mixture.samplers(data, SIZE, K, mixture.parts(mixture.PAPER))
     ds = episodes.episode_stream(samplers, batch_size=4, seed=0, samples_per_epoch=40, num_epochs=1)
     batches = list(episodes.iterator(ds))
     assert len(batches) == 10

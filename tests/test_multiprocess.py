@@ -19,6 +19,7 @@ import pytest
 from sandbox import free_port
 from tiny_checkpoint import save_tiny_checkpoint
 from test_trainer import ROOT, TINY_DATA, TINY_OVERRIDES
+from segic_jax.data import build as build_lib
 from segic_jax.training import trainer as trainer_lib
 from segic_jax.training.writer import read_metrics
 
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("mp_data")
-    trainer_lib.ensure_builtin_datasets(trainer_lib.parse_mixture(f"{TINY_DATA}:train:instance"), str(root))
+    build_lib.ensure_builtin([TINY_DATA], str(root))
     return root
 
 
@@ -134,9 +135,8 @@ def two(data_dir, tmp_path_factory):
 
 
 def test_two_processes_train_resume_and_evaluate_as_one(single, two):
-    from flax import nnx
-
     from segic_jax import checkpoints
+    from segic_jax.models import segic
 
     workdir, first, second = two
     stops = {i: [line for line in first.log(i).splitlines() if line.startswith("stopped at step")] for i in (0, 1)}
@@ -172,8 +172,7 @@ def test_two_processes_train_resume_and_evaluate_as_one(single, two):
     assert not [p for p in (workdir.parent / "xla").rglob("*") if p.is_file()]
 
     # the export, written by process 0 alone, holds the single-process run's parameters
-    one, both = (checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(
-        checkpoints.load_model(str(w / "export" / "head"), "segic_head")))) for w in (single, workdir))
+    one, both = (checkpoints.module_params(segic.load(str(w / "export" / "head"))) for w in (single, workdir))
     assert one.keys() == both.keys()
     for name in one:
         np.testing.assert_allclose(both[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
@@ -208,7 +207,7 @@ def test_the_two_process_checkpoint_resumes_in_one_process(single, two, tmp_path
 
 def test_evaluation_split_over_two_processes_scores_as_one(data_dir, tmp_path):
     from configs import eval as eval_config
-    from segic_jax.evaluation import runner
+    from segic_jax.evaluation import evaluate
 
     checkpoint = save_tiny_checkpoint(str(tmp_path / "ckpt"))  # random weights: masks of every size
     args = ["--mode", "eval", "--config", os.path.join(ROOT, "configs", "eval.py:synthetic"),
@@ -224,7 +223,7 @@ def test_evaluation_split_over_two_processes_scores_as_one(data_dir, tmp_path):
     config = eval_config.get_config("synthetic")
     config.checkpoint, config.data_dir, config.episodes, config.chunk_size, config.plot = (
         checkpoint, str(data_dir), 8, 2, False)
-    alone = runner.run(config, str(tmp_path / "alone"))
+    alone = evaluate.run(config, str(tmp_path / "alone"))
     scores = joint["benchmarks"]["synthetic"]["1-shot"]
     assert scores["episodes"] == 8 and scores["miou"] > 0
     assert joint["benchmarks"] == json.loads(json.dumps(alone["benchmarks"]))  # integer counts: exactly equal

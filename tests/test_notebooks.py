@@ -150,7 +150,7 @@ def test_finetune_notebook(kernel_env, tmp_path):
     tiny = "synthetic_incontext/tiny"
     overrides = {
         "image_size": 56, "dinov2.depth": 1, "clip.width": 32, "clip.depth": 1,
-        "data.mixture": f"{tiny}:train:class,{tiny}:train:instance", "data.max_instances": 2,
+        "data.mixture": ((tiny, "train", "class", 1.0), (tiny, "train", "instance", 1.0)), "data.max_instances": 2,
         "train.global_batch_size": 4, "train.samples_per_epoch": 40, "train.num_steps": 3, "train.num_points": 256,
         "checkpoint.use_async": False, "log.every_steps": 1, "log.progress": False,
         "eval.dataset": tiny, "eval.episodes": 4, "eval.every_steps": 3, "eval.at_start": True,

@@ -7,13 +7,19 @@ import signal
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from configs import segic as segic_config
-from segic_jax.evaluation import runner
+from segic_jax.evaluation.evaluate import model_predictor
 from segic_jax.inference.predictor import Predictor
+from segic_jax.data import build as build_lib
+from segic_jax.data import mixture
+from segic_jax.data.prompts import PromptTable
+from segic_jax.training import mesh as mesh_lib
+from segic_jax.training import step as step_lib
 from segic_jax.training import trainer as trainer_lib
 from segic_jax.training.writer import read_metrics
 
@@ -21,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DATA = "synthetic_incontext/tiny"
 TINY_OVERRIDES = [
     "--config.image_size=56", "--config.dinov2.depth=1", "--config.clip.width=32",
-    f"--config.data.mixture={TINY_DATA}:train:class,{TINY_DATA}:train:instance",
+    f"--config.data.mixture=(('{TINY_DATA}', 'train', 'class', 1.0), ('{TINY_DATA}', 'train', 'instance', 1.0))",
     "--config.train.global_batch_size=8", "--config.train.samples_per_epoch=64",
     "--config.train.num_points=256", "--config.train.reverse_context=True", "--config.eval.every_steps=0", "--config.log.every_steps=1",
     "--config.log.progress=False",
@@ -34,7 +40,7 @@ def tiny_config(data_dir, **changes):
     c.dinov2.depth = 1
     c.clip.width, c.clip.depth = 32, 1
     c.data.data_dir = str(data_dir)
-    c.data.mixture = f"{TINY_DATA}:train:class,{TINY_DATA}:train:instance"
+    c.data.mixture = ((TINY_DATA, "train", "class", 1.0), (TINY_DATA, "train", "instance", 1.0))
     c.data.max_instances = 2
     c.train.global_batch_size = 4
     c.train.samples_per_epoch = 40
@@ -62,7 +68,7 @@ def tiny_config(data_dir, **changes):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_data")
-    trainer_lib.ensure_builtin_datasets(trainer_lib.parse_mixture(f"{TINY_DATA}:train:instance"), str(root))
+    build_lib.ensure_builtin([TINY_DATA], str(root))
     return root
 
 
@@ -137,7 +143,7 @@ def test_exported_model_loads_in_the_predictor(uninterrupted, data_dir, rng):
     trainer = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 6}), str(workdir))
     try:
         assert trainer.restore() and trainer.state.step == 6
-        in_memory = runner.model_predictor(trainer.current_head(), trainer.encoder, trainer.text_model, trainer.tokenizer)
+        in_memory = model_predictor(trainer.current_head(), trainer.encoder, trainer.text_model, trainer.tokenizer)
     finally:
         trainer.close()
     loaded = Predictor.from_checkpoint(summary["export"], batch_size=1)
@@ -199,7 +205,7 @@ def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
         split = "train" if name == "lvis_instances" else None  # its annotations were renamed to the train file
         assert build_cli.main(build_args(name, str(tmp_path / folder), str(data), split)) == 0
     c = segic_config.get_config("paper")
-    assert c.data.mixture == segic_config.PAPER_MIXTURE and c.train.global_batch_size == 32
+    assert c.data.mixture == mixture.PAPER and c.train.global_batch_size == 32
     # the paper recipe, on tiny random models: only the sizes change
     c.image_size, c.dtype = 56, "float32"
     c.dinov2.arch, c.dinov2.depth = "vits14", 1
@@ -212,7 +218,7 @@ def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
     assert summary["step"] == 2 and all(np.isfinite(summary["train_losses"]))
     trainer = trainer_lib.Trainer(c, str(tmp_path / "run2"))
     try:
-        prompts = trainer.text.prompts
+        prompts = trainer.data.prompts
         batches = [trainer.next_batch()[1] for _ in range(3)]
     finally:
         trainer.close()
@@ -222,7 +228,7 @@ def test_paper_mixture_runs_on_fake_datasets_in_their_real_formats(tmp_path):
 
 
 def test_text_prompts_follow_the_episode_kind(rng):
-    table = trainer_lib.TextTable(["cat", "dog", "cat"])
+    table = PromptTable(["cat", "dog", "cat"])
     assert table.prompts == ["", "please segment the instances", "a photo of a cat", "a photo of a dog"]
     draws = np.random.default_rng(0).random(403)
     chosen = table.choose(draws, np.array([True] * 3 + [False] * 400), [""] * 3 + ["dog"] * 400, 0.75)
@@ -232,14 +238,18 @@ def test_text_prompts_follow_the_episode_kind(rng):
 
 
 def test_bad_configs_and_missing_datasets_give_clear_errors(data_dir, tmp_path):
-    with pytest.raises(ValueError, match="config.data.mixture entry 'coco_instances:train'"):
-        trainer_lib.parse_mixture("coco_instances:train")
-    with pytest.raises(ValueError, match="needs the rule class or image"):
-        trainer_lib.parse_mixture("ade20k_semantic:train:semantic")
+    with pytest.raises(ValueError, match=r"config.data.mixture entry \('coco_instances', 'train'\)"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"data.mixture": (("coco_instances", "train"),)}), str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="episodes one of semantic_by_class, semantic_by_image, instance, class"):
+        mixture.parts((("ade20k_semantic", "train", "semantic", 1.0),))
+    with pytest.raises(ValueError, match="config.data.mixture has no positive weight"):
+        mixture.parts((("ade20k_semantic", "train", "semantic_by_image", 0.0),))
+    with pytest.raises(ValueError, match=r"config.data.semantic_scale_range must be \(low, high\) with 0 < low <= high"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"data.semantic_scale_range": (2.0, 1.0)}), str(tmp_path / "w"))
     with pytest.raises(FileNotFoundError, match=r"(?s)dataset coco_instances is not built under .*segic_jax.data.build coco_instances --manual_dir"):
-        trainer_lib.Trainer(tiny_config(tmp_path / "empty", **{"data.mixture": "coco_instances:train:instance"}), str(tmp_path / "w"))
+        trainer_lib.Trainer(tiny_config(tmp_path / "empty", **{"data.mixture": (("coco_instances", "train", "instance", 1.0),)}), str(tmp_path / "w"))
     with pytest.raises(ValueError, match="config.mesh.fsdp 3 must divide the device count"):
-        trainer_lib.make_mesh(3 * jax.device_count())
+        mesh_lib.make_mesh(3 * jax.device_count())
     with pytest.raises(ValueError, match="multiple of 14"):
         trainer_lib.Trainer(tiny_config(data_dir, image_size=50), str(tmp_path / "w"))
     with pytest.raises(ValueError, match="config.train.remat_rows must be >= 0, got -1"):
@@ -274,7 +284,7 @@ def test_main_trains_and_eight_devices_match_one(data_dir, tmp_path):
 def test_main_rejects_unknown_fields_and_reports_missing_data(tmp_path):
     bad = _main(tmp_path / "w", tmp_path / "nowhere", "--config.train.no_such_field=1")
     assert bad.returncode != 0 and "no_such_field" in bad.stderr
-    missing = _main(tmp_path / "w", tmp_path / "nowhere", "--config.data.mixture=coco_instances:train:instance")
+    missing = _main(tmp_path / "w", tmp_path / "nowhere", "--config.data.mixture=(('coco_instances', 'train', 'instance', 1.0),)")
     assert missing.returncode == 1 and "coco_instances" in missing.stderr and "segic_jax.data.build" in missing.stderr
     assert not (tmp_path / "w" / "checkpoints").exists()
 
@@ -294,13 +304,14 @@ def test_exported_model_runs_the_eval_command(uninterrupted, data_dir, tmp_path)
     assert (tmp_path / "eval" / "results.md").exists()
 
 
-def test_the_step_compiles_once(data_dir, tmp_path):
+def test_the_step_compiles_once(data_dir, tmp_path, monkeypatch):
+    # same shapes and shardings every step: a second trace of the step fails
+    monkeypatch.setattr(step_lib, "train_step", chex.assert_max_traces(step_lib.train_step, n=1))
     trainer = trainer_lib.Trainer(tiny_config(data_dir, **{"train.num_steps": 3}), str(tmp_path))
     try:
         for _ in range(3):
             batch, _ = trainer.next_batch()
             jax.block_until_ready(trainer.train_step(batch).loss)
-        assert trainer._step._cache_size() == 1  # same shapes and shardings every step: no retrace
     finally:
         trainer.close()
 

@@ -105,6 +105,18 @@ def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = 
     return builder
 
 
+def ensure_builtin(names, data_dir: str) -> None:
+    """Build each dataset of `names` that needs no files (the synthetic one) on first use; the others
+    must have been built (reading them says how)."""
+    for name in sorted(set(names)):
+        if name.partition("/")[0] in NEEDS_NO_FILES and not is_built(name, data_dir):
+            print(f"building the built-in dataset {name} in {data_dir} (once)", flush=True)
+            start = time.time()
+            builder = build(name, None, data_dir, progress=False)
+            sizes = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
+            print(f"built {name} ({sizes} scenes) in {time.time() - start:.0f} s", flush=True)
+
+
 def _check_layout(builder, manual_dir: str) -> set[str]:
     """The splits the builder will make, after its layout checks for each: they run before anything is
     written (the examples are generated lazily), so a missing file fails before TFDS would delete an

@@ -2,7 +2,8 @@
 with fixed shapes and a checkpointable iterator.
 
 As in the reference's training mixture (docs/original.md 4.1), every episode picks a dataset by
-weight and then a random item of it; the stream is `samples_per_epoch` long per epoch. Episode i
+weight and then a random item of it; the stream is `samples_per_epoch` long per epoch (which
+datasets, as which episodes: `data.mixture`). Episode i
 draws everything from a generator seeded by (seed, i), and row r of global batch b is episode
 b * batch_size + r whichever process reads it: in a multi-process job each process produces the
 rows its devices hold, so the global batch, row for row, is the single-process one, whatever the
@@ -292,32 +293,3 @@ def iterator(dataset: grain.MapDataset, workers: int = 0, prefetch: int = 4, thr
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(it_ds)
-
-
-# The reference's training mixture (docs/original.md 4.1): dataset, split, kind, sampling rule.
-PAPER_MIXTURE = (
-    ("coco20i_semantic", "train", "semantic", "class"),
-    ("ade20k_semantic", "train", "semantic", "image"),
-    ("coco_instances", "train", "instance", None),
-    ("lvis_instances", "train", "instance", None),
-)
-
-
-def mixture_samplers(data_dir: str, size: int, max_instances: int, parts=PAPER_MIXTURE,
-                     semantic_aug: SemanticAugment = SemanticAugment(),
-                     instance_aug: InstanceAugment = InstanceAugment()) -> list[Sampler]:
-    """One sampler per (dataset, split, kind, rule) of `parts`, from datasets built in `data_dir`."""
-    from segic_jax.data.sources import class_names, data_source
-
-    samplers = []
-    for name, split, kind, rule in parts:
-        source = data_source(name, split, data_dir)
-        if kind == "semantic":
-            samplers.append(SemanticSampler(source, class_names(name), size, max_instances, rule, semantic_aug))
-        elif kind == "instance":
-            samplers.append(InstanceSampler(source, size, max_instances, instance_aug))
-        elif kind == "class":
-            samplers.append(InstanceClassSampler(source, size, max_instances, rule or "class", semantic_aug))
-        else:
-            raise ValueError(f"unknown episode kind {kind!r} for {name}")
-    return samplers

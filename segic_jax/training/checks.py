@@ -65,8 +65,20 @@ def _archs():
     return ARCHS
 
 
+def _mixture(v):
+    from segic_jax.data.mixture import problem
+
+    return problem(v)
+
+
+def _scale_range(v):
+    ok = (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+          and 0 < v[0] <= v[1])
+    return None if ok else f"must be (low, high) with 0 < low <= high, got {v!r}"
+
+
 def _few_shot_benchmarks():
-    from segic_jax.evaluation.runner import BENCHMARKS
+    from segic_jax.evaluation.benchmarks import BENCHMARKS
 
     return [b for b in BENCHMARKS if b != "ade20k"]
 
@@ -102,6 +114,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "train.loss_group": _int(0),
     "train.head_init": _choice(("pytorch", "flax")),
     "data.square_reference": _bool,
+    "data.mixture": _mixture,
+    "data.semantic_scale_range": _scale_range,
     "mesh.fsdp": _int(1),
     "checkpoint.every_steps": _int(0),
     "checkpoint.keep": _int(1),

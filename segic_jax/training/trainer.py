@@ -25,7 +25,6 @@ Workdir layout:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -33,134 +32,29 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from segic_jax import checkpoints, distributed, files
-from segic_jax.conversion.clip_text import TOKENIZER_FILES
-from segic_jax.conversion.core import find_files
-from segic_jax.data.sources import text
-from segic_jax.models import clip_text, dinov2
-from segic_jax.models.encoders import (
-    INSTANCE_PROMPT, build_encoder, build_text_encoder, class_prompt, compute_dtype, encode_prompts, matmul_precision,
-)
+from segic_jax import distributed, files
+from segic_jax.data import build as build_lib
+from segic_jax.data import episodes, mixture
+from segic_jax.models import bundle, clip_text, dinov2
+from segic_jax.models.encoders import build_encoder, build_text_encoder, compute_dtype, encode_prompts, matmul_precision
 from segic_jax.models.layers import pytorch_default_init
 from segic_jax.models.segic import SegicConfig, SegicHead
-from segic_jax.training import checks, step as train_lib, workdir as workdir_lib
+from segic_jax.training import checks, mesh as mesh_lib, step as step_lib, workdir as workdir_lib
 from segic_jax.training.writer import MetricWriter
 
-BATCH_AXES = ("data", "fsdp")
-HOST_ONLY_FIELDS = ("class_name", "image_id", "is_instance")
-
-
-# --- models ---------------------------------------------------------------------------------
-
-
-def head_config(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicConfig:
+def new_head(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicHead:
+    """A freshly initialised head for these encoders at config.image_size."""
     if config.image_size % 14:
         raise ValueError(f"config.image_size must be a multiple of 14, got {config.image_size}")
-    return SegicConfig(
-        vision_dim=encoder.cfg.embed_dim, text_dim=text_model.cfg.width, image_size=config.image_size,
-    )
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-def parse_mixture(spec: str) -> tuple[tuple[str, str, str, str | None], ...]:
-    """"name:split:kind[:rule],..." -> mixture_samplers parts. kind: semantic (rule class or
-    image), instance, or class (semantic episodes from an instance dataset)."""
-    parts = []
-    for entry in [e.strip() for e in spec.split(",") if e.strip()]:
-        fields = entry.split(":")
-        if len(fields) not in (3, 4) or fields[2] not in ("semantic", "instance", "class"):
-            raise ValueError(
-                f"config.data.mixture entry {entry!r}: expected name:split:kind[:rule] with kind "
-                "semantic, instance or class"
-            )
-        if fields[2] == "semantic" and (len(fields) < 4 or fields[3] not in ("class", "image")):
-            raise ValueError(f"config.data.mixture entry {entry!r}: a semantic dataset needs the rule class or image")
-        parts.append((fields[0], fields[1], fields[2], fields[3] if len(fields) == 4 else None))
-    if not parts:
-        raise ValueError("config.data.mixture is empty")
-    return tuple(parts)
-
-
-def ensure_builtin_datasets(parts, data_dir: str) -> None:
-    """Build the synthetic dataset on first use (it needs no files); others must be built."""
-    from segic_jax.data import build as build_lib
-
-    for name in sorted({p[0] for p in parts}):
-        if name.partition("/")[0] in build_lib.NEEDS_NO_FILES and not build_lib.is_built(name, data_dir):
-            print(f"building the built-in dataset {name} in {data_dir} (once)", flush=True)
-            start = time.time()
-            builder = build_lib.build(name, None, data_dir, progress=False)
-            sizes = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
-            print(f"built {name} ({sizes} scenes) in {time.time() - start:.0f} s", flush=True)
-
-
-class TextTable:
-    """Every prompt the episodes can use, with its CLIP feature row."""
-
-    def __init__(self, class_names: list[str]):
-        self.prompts = ["", INSTANCE_PROMPT] + sorted({class_prompt(n) for n in class_names if n} - {""})
-        self.index = {p: i for i, p in enumerate(self.prompts)}
-
-    def choose(self, draws: np.ndarray, is_instance: np.ndarray, names, text_prob: float) -> np.ndarray:
-        """Per image: the instance prompt, or "a photo of a {name}" with probability text_prob
-        (draws: one uniform number per image, independent, docs/original.md 2.2), else ""."""
-        out = np.empty(len(names), np.int32)
-        for i, (inst, name, draw) in enumerate(zip(is_instance, names, draws)):
-            name = text(name)
-            if inst:
-                out[i] = self.index[INSTANCE_PROMPT]
-            elif name and draw < text_prob:
-                out[i] = self.index[class_prompt(name)]
-            else:
-                out[i] = self.index[""]
-        return out
-
-
-# --- sharding -------------------------------------------------------------------------------
-
-
-def local_rows(sharding, batch_size: int) -> np.ndarray:
-    """The rows of a (batch_size, ...) array sharded as `sharding` that this process's devices hold,
-    in the order `jax.make_array_from_process_local_data` takes them (all rows in one process)."""
-    spans = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
-             for s in sharding.addressable_devices_indices_map((batch_size,)).values()}
-    return np.concatenate([np.arange(a, b) for a, b in sorted(spans)])
-
-
-def make_mesh(fsdp: int) -> jax.sharding.Mesh:
-    n = jax.device_count()
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"config.mesh.fsdp {fsdp} must divide the device count {n}")
-    # Auto axes: XLA propagates the shardings through the model (no per-op annotations needed)
-    auto = (jax.sharding.AxisType.Auto,) * 2
-    return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=auto)
-
-
-def encoder_sharding(mesh, state) -> Any:
-    """Split each frozen weight matrix over "fsdp" along its largest divisible axis."""
-    size = mesh.shape["fsdp"]
-
-    def spec(x):
-        if size == 1 or x.ndim < 2:
-            return NamedSharding(mesh, P())
-        axes = [a for a in np.argsort(x.shape)[::-1] if x.shape[a] % size == 0]
-        if not axes:
-            return NamedSharding(mesh, P())
-        parts = [None] * x.ndim
-        parts[int(axes[0])] = "fsdp"
-        return NamedSharding(mesh, P(*parts))
-
-    return jax.tree.map(spec, state)
-
-
-# --- the trainer ----------------------------------------------------------------------------
+    cfg = SegicConfig(vision_dim=encoder.cfg.embed_dim, text_dim=text_model.cfg.width, image_size=config.image_size)
+    head = SegicHead(cfg, rngs=nnx.Rngs(config.seed + 2))
+    if config.train.head_init == "pytorch":  # what the original trains from (docs/original.md 1)
+        pytorch_default_init(head, jax.random.key(config.seed + 3))
+    return head
 
 
 @dataclasses.dataclass
@@ -204,75 +98,53 @@ class Trainer:
                              "set SEGIC_JAX_DISTRIBUTED=1 on every process (see segic_jax/distributed.py)")
         if c.train.global_batch_size % jax.process_count():
             raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {jax.process_count()} processes")
-        self.mesh = make_mesh(c.mesh.fsdp)
-        if c.train.global_batch_size % self.mesh.size:
-            raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
-        self.batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
-        self.rows = local_rows(self.batch_sharding, c.train.global_batch_size)
         self.is_main = jax.process_index() == 0
 
-        # models
+        # --- mesh: this process feeds the rows of the global batch that its devices hold
+        self.mesh = mesh_lib.make_mesh(c.mesh.fsdp)
+        if c.train.global_batch_size % self.mesh.size:
+            raise ValueError(f"config.train.global_batch_size {c.train.global_batch_size} is not divisible by the {self.mesh.size} devices")
+        self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
+        rows = mesh_lib.local_rows(self.batch_sharding, c.train.global_batch_size)
+
+        # --- models: frozen encoders, a new head
         self.encoder, enc_note = build_encoder(c)
         self.text_model, self.tokenizer, text_note = build_text_encoder(c)
-        self.head = SegicHead(head_config(c, self.encoder, self.text_model), rngs=nnx.Rngs(c.seed + 2))
-        if c.train.head_init == "pytorch":  # what the original trains from (docs/original.md 1)
-            pytorch_default_init(self.head, jax.random.key(c.seed + 3))
+        self.head = new_head(c, self.encoder, self.text_model)
         self.notes = {"dinov2": enc_note, "clip_text": text_note}
 
-        # data
+        # --- input: complete batches (episodes and their prompts) from data/; batch s is step s's
         self.data_dir = os.path.abspath(os.path.expanduser(c.data.data_dir))
-        parts = parse_mixture(c.data.mixture)
+        parts = mixture.parts(c.data.mixture)
         if c.data.build_builtin:
-            ensure_builtin_datasets(parts, self.data_dir)
-        from segic_jax.data import episodes
-
-        weights = [float(w) for w in str(c.data.weights).split(",")] if c.data.weights else None
-        scale = tuple(float(x) for x in str(c.data.semantic_scale_range).split(","))
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"config.data.semantic_scale_range must be 'low,high' with 0 < low <= high, got {c.data.semantic_scale_range!r}")
-        self.samplers = episodes.mixture_samplers(
-            self.data_dir, c.image_size, c.data.max_instances, parts,
-            semantic_aug=episodes.SemanticAugment(scale_range=scale, square_reference=c.data.square_reference),
-        )
-        self.dataset = episodes.episode_stream(
-            self.samplers, batch_size=c.train.global_batch_size, seed=c.seed, samples_per_epoch=c.train.samples_per_epoch,
-            weights=weights, rows=self.rows,
+            build_lib.ensure_builtin([p.dataset for p in parts], self.data_dir)
+        self.data = mixture.training_data(
+            parts, self.data_dir, c.image_size, c.data.max_instances, batch_size=c.train.global_batch_size, seed=c.seed,
+            samples_per_epoch=c.train.samples_per_epoch, text_prob=c.train.text_prob, rows=rows,
+            semantic_aug=episodes.SemanticAugment(scale_range=tuple(c.data.semantic_scale_range),
+                                                  square_reference=c.data.square_reference),
         )
         self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
         self.iterator = None  # started at the first batch, from the step then current
 
-        # text prompts: encoded once, CLIP is not run in the step
-        self.text = TextTable([n for s in self.samplers for n in s.prompt_names])
-        self.text_table = jnp.asarray(encode_prompts(self.text_model, self.tokenizer, self.text.prompts))
-
-        # optimizer and step
-        self.schedule = train_lib.step_decay_schedule(
+        # --- optimizer and step, on the mesh; CLIP runs once per prompt here, not in the step
+        self.schedule = step_lib.step_decay_schedule(
             c.train.learning_rate, self.steps_per_epoch, c.train.lr_drop_epoch, c.train.lr_drop_factor
         )
-        self.tx = train_lib.optimizer(self.schedule, c.train.weight_decay)
-        self.options = train_lib.StepOptions(
+        options = step_lib.StepOptions(
             box_prob=c.train.box_prob, cross_prob=c.train.cross_prob, reverse_context=c.train.reverse_context,
             num_points=c.train.num_points, oversample=c.train.oversample, importance=c.train.importance,
             remat_rows=c.train.remat_rows, loss_group=c.train.loss_group,
             precision=matmul_precision(compute_dtype(c.dtype, "config.dtype")),
         )
-        self.head_graph, params, self.rest = nnx.split(self.head, nnx.Param, ...)
-        self.encoder_graph, encoder_state = nnx.split(self.encoder)
-        replicated = NamedSharding(self.mesh, P())
-        params = jax.device_put(params, replicated)
-        self.rest = jax.device_put(self.rest, replicated)
-        self.encoder_state = jax.device_put(encoder_state, encoder_sharding(self.mesh, encoder_state))
-        self.text_table = jax.device_put(self.text_table, replicated)
-        opt_state = jax.jit(self.tx.init, out_shardings=replicated)(params)
-        self.state = TrainState(0, params, opt_state)
+        text_table = encode_prompts(self.text_model, self.tokenizer, self.data.prompts)
+        self.placed = mesh_lib.place_step(self.mesh, self.head, self.encoder, text_table,
+                                          step_lib.optimizer(self.schedule, c.train.weight_decay), options)
+        self.state = TrainState(0, self.placed.params, self.placed.opt_state)
         self.base_key = jax.random.key(c.seed)
-        self._step = jax.jit(
-            functools.partial(train_lib.train_step, self.head_graph, self.encoder_graph, self.tx, options=self.options),
-            donate_argnums=(0, 2),
-            out_shardings=(replicated, replicated, replicated),
-        )
 
+        # --- checkpoints and logs
         self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
         self.manager = self._manager()
         self.writer = MetricWriter(os.path.join(self.workdir, "logs"), enabled=self.is_main)
@@ -376,29 +248,18 @@ class Trainer:
     def next_batch(self) -> tuple[dict, dict]:
         """The next global batch as sharded device arrays, plus its host-side fields."""
         if self.iterator is None:
-            from segic_jax.data import episodes
-
             d = self.config.data
-            self.iterator = episodes.iterator(self.dataset[self.state.step:], d.workers, d.prefetch, d.threads)
-        episode = next(self.iterator)
-        # per row of the global batch, whichever process holds it: (L, 2), target's and reference's
-        draws = np.stack([np.random.default_rng((self.config.seed, self.state.step, int(r))).random(2) for r in self.rows])
-        host = {k: episode[k] for k in HOST_ONLY_FIELDS}
-        arrays = {k: v for k, v in episode.items() if k not in HOST_ONLY_FIELDS}
-        # the reference image of a semantic episode carries the same class name, drawn independently
-        prob = self.config.train.text_prob
-        arrays["target_prompt"] = self.text.choose(draws[:, 0], host["is_instance"], host["class_name"], prob)
-        arrays["reference_prompt"] = self.text.choose(draws[:, 1], host["is_instance"], host["class_name"], prob)
-        batch = {
-            k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v)) for k, v in arrays.items()
-        }
-        return batch, host
+            self.iterator = episodes.iterator(self.data.batches[self.state.step:], d.workers, d.prefetch, d.threads)
+        batch = next(self.iterator)
+        arrays = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+                  for k, v in batch.arrays.items()}
+        return arrays, batch.info
 
-    def train_step(self, batch: dict) -> train_lib.StepOutput:
+    def train_step(self, batch: dict) -> step_lib.StepOutput:
         key = jax.random.fold_in(self.base_key, self.state.step)
-        params, opt_state, out = self._step(
-            self.state.params, self.rest, self.state.opt_state, self.encoder_state, self.text_table, batch, key
-        )
+        p = self.placed
+        params, opt_state, out = p.run(self.state.params, p.rest, self.state.opt_state, p.encoder_state, p.text_table,
+                                       batch, key)
         self.state = TrainState(self.state.step + 1, params, opt_state)
         return out
 
@@ -406,7 +267,7 @@ class Trainer:
         """The head with the current parameters, on one device (the predictor's programs run there:
         copied once here, not with every call)."""
         device = jax.local_devices()[0]
-        return nnx.merge(self.head_graph, *jax.device_put(jax.device_get((self.state.params, self.rest)), device))
+        return nnx.merge(self.placed.head_graph, *jax.device_put(jax.device_get((self.state.params, self.placed.rest)), device))
 
     def evaluate(self, tag: str) -> dict:
         """Held-out evaluation of the current head (config.eval), with a prediction image. In a
@@ -414,17 +275,18 @@ class Trainer:
         workdir/eval_records/ (removed afterwards), and all return the same scores."""
         import shutil
 
-        from segic_jax.evaluation import runner
+        from segic_jax.evaluation.evaluate import evaluate, model_predictor
+        from segic_jax.evaluation.example import example_image
 
         c = self.config.eval
-        predictor = runner.model_predictor(self.current_head(), self.encoder, self.text_model, self.tokenizer)
+        predictor = model_predictor(self.current_head(), self.encoder, self.text_model, self.tokenizer)
         data_dir = os.path.expanduser(c.data_dir) if c.data_dir else self.data_dir
         dataset = c.dataset or None
         records = os.path.join(self.workdir, "eval_records") if jax.process_count() > 1 else None
         if records and self.is_main:
             shutil.rmtree(records, ignore_errors=True)  # left by a run stopped during an evaluation
         distributed.sync(f"evaluation {tag}: records cleared")
-        result = runner.evaluate(
+        result = evaluate(
             predictor, c.benchmark, data_dir, shots=c.shots, episodes=c.episodes, seed=c.seed, dataset=dataset,
             workdir=records, progress=False,
         )
@@ -434,28 +296,21 @@ class Trainer:
         scores = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.writer.scalars(self.state.step, scores)
         if self.is_main and c.images:
-            image = runner.example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed)
+            image = example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed)
             files.write_png(os.path.join(self.workdir, "images", f"{tag}.png"), image)
             self.writer.image(self.state.step, "eval/prediction", image)
         return result
 
     def export(self, out_dir: str | None = None) -> str:
         """The trained head with the frozen encoders as an inference checkpoint."""
-        out_dir = out_dir or os.path.join(self.workdir, "export")
-        with files.atomic_directory(out_dir, overwrite=True, replaceable=checkpoints.check_replaceable) as tmp:
-            head = self.current_head()
-            checkpoints.save_model(os.path.join(tmp, "head"), "segic_head", head.cfg,
-                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(head))), source="segic-jax training")
-            checkpoints.save_model(os.path.join(tmp, "dinov2"), "dinov2", self.encoder.cfg,
-                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.encoder))), source=self.notes["dinov2"])
-            clip_dir = os.path.join(tmp, "clip_text")
-            extra = find_files(self.config.clip.checkpoint, TOKENIZER_FILES) if self.config.clip.checkpoint else {}
-            checkpoints.save_model(clip_dir, "clip_text", self.text_model.cfg,
-                                   checkpoints.flatten_params(nnx.to_pure_dict(nnx.state(self.text_model))),
-                                   source=self.notes["clip_text"], extra_files=extra)
-            if not extra:
-                clip_text.write_vocab(clip_dir)
-        return out_dir
+        tokenizer = clip_text.tokenizer_files(self.config.clip.checkpoint) if self.config.clip.checkpoint else None
+        return bundle.save(
+            out_dir or os.path.join(self.workdir, "export"),
+            bundle.module_part(self.current_head(), "segic-jax training"),
+            bundle.module_part(self.encoder, self.notes["dinov2"]),
+            bundle.module_part(self.text_model, self.notes["clip_text"]),
+            tokenizer_files=tokenizer or None, overwrite=True,
+        )
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from segic_jax import files
+from segic_jax import atomic_files
 
 DESCRIPTION_FILE = "segic_jax.json"
 PARAMS_DIR = "params"
@@ -120,7 +120,7 @@ def save_model(
             f"parameters do not match a {kind} model: missing {sorted(set(expected) - set(params))}, "
             f"unexpected {sorted(set(params) - set(expected))}"
         )
-    with files.atomic_directory(out_dir, overwrite, replaceable=replaceable) as tmp:
+    with atomic_files.atomic_directory(out_dir, overwrite, replaceable=replaceable) as tmp:
         template = nnx.to_pure_dict(nnx.state(abstract_model(model_cls, config)))
         tree = _unflatten_like(template, {k: np.asarray(v, np.float32) for k, v in params.items()})
         with _checkpointer() as ckptr:

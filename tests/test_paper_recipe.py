@@ -21,7 +21,7 @@ from segic_jax.data import episodes, rle
 from segic_jax.models import dinov2
 from segic_jax.models.layers import pytorch_default_init
 from segic_jax.models.segic import SegicConfig, SegicHead
-from segic_jax.training import checks, losses, step
+from segic_jax.training import config_checks, losses, step
 from torch_reference import TorchSegicHead, sam_modeling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,10 +42,10 @@ def test_paper_config_is_the_original_recipe():
     bf16 = _config("paper_bf16")
     assert bf16.dtype == "bfloat16" and {k: v for k, v in bf16.items() if k != "dtype"} == {
         k: v for k, v in c.items() if k != "dtype"}
-    checks.check(c)
+    config_checks.check(c)
     c.train.global_batch_size = 30
     with pytest.raises(ValueError, match="config.train.global_batch_size 30 is not a multiple of config.train.loss_group 4"):
-        checks.check(c)
+        config_checks.check(c)
 
 
 # --- initialisation ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fake_datasets import build_args, write_ade, write_coco, write_davis
-from segic_jax import checkpoints, files
+from segic_jax import atomic_files, checkpoints
 from segic_jax.models import bundle
 from segic_jax.data import build as build_cli
 from segic_jax.data.builders import BUILDERS
@@ -20,8 +20,8 @@ from segic_jax.evaluation import records
 def test_outputs_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        files.write_json(str(tmp_path / "a.json"), {"x": 1})
-        with files.atomic_directory(str(tmp_path / "d")) as tmp:
+        atomic_files.write_json(str(tmp_path / "a.json"), {"x": 1})
+        with atomic_files.atomic_directory(str(tmp_path / "d")) as tmp:
             open(os.path.join(tmp, "f"), "w").close()
     finally:
         os.umask(old)
@@ -38,14 +38,14 @@ def _fake_model_dir(path, marker):
 def test_overwrite_replaces_only_our_own_outputs_in_one_step(tmp_path):
     out = tmp_path / "out"
     _fake_model_dir(out, "old")
-    with files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable) as tmp:
+    with atomic_files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable) as tmp:
         _fake_model_dir(tmp, "new")
     assert (out / checkpoints.DESCRIPTION_FILE).read_text() == "new"
     assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # the old one is gone, no leftovers
 
     # a failure inside the block keeps the old one whole
     with pytest.raises(RuntimeError):
-        with files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable):
+        with atomic_files.atomic_directory(str(out), overwrite=True, replaceable=bundle.check_replaceable):
             raise RuntimeError("conversion failed")
     assert (out / checkpoints.DESCRIPTION_FILE).read_text() == "new"
 
@@ -60,12 +60,12 @@ def test_leftovers_of_killed_writes_are_removed(tmp_path):
     target = tmp_path / "export"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".export.partial-{dead.pid}-{files._host()}-abc123"
+    stale = tmp_path / f".export.partial-{dead.pid}-{atomic_files._host()}-abc123"
     stale.mkdir()
     (stale / "big.bin").write_bytes(b"0" * 1000)
-    live = tmp_path / f".export.partial-{os.getpid()}-{files._host()}-def456"  # a write in progress here
+    live = tmp_path / f".export.partial-{os.getpid()}-{atomic_files._host()}-def456"  # a write in progress here
     live.mkdir()
-    with files.atomic_directory(str(target)):
+    with atomic_files.atomic_directory(str(target)):
         pass
     assert not stale.exists() and live.exists() and target.is_dir()
 

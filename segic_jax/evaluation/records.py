@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from segic_jax import files
+from segic_jax import atomic_files
 
 
 def check_shard(shard_index: int, shard_count: int) -> tuple[int, int]:
@@ -79,7 +79,7 @@ class UnitStore:
                 raise ValueError(f"{self.folder} holds records of a different evaluation ({diff}); "
                                  "use another workdir, or delete that folder to start it again")
             return
-        files.write_json(path, spec)
+        atomic_files.write_json(path, spec)
 
     def episodes(self, make):
         """The stored episode list, or `make()`'s (JSON-serialisable), stored for next time."""
@@ -88,7 +88,7 @@ class UnitStore:
             with open(path) as f:
                 return json.load(f)
         value = canonical(make())
-        files.write_json(path, value)
+        atomic_files.write_json(path, value)
         return value
 
     def _chunks(self) -> list[str]:
@@ -119,4 +119,4 @@ class UnitStore:
         buf = io.BytesIO()
         np.savez(buf, done=np.asarray(episodes, np.int64), **dataclasses.asdict(rows))
         name = f"chunk-{min(episodes):07d}-{max(episodes):07d}-shard{shard[0]}of{shard[1]}.npz"
-        files.atomic_write_bytes(os.path.join(self.folder, name), buf.getvalue())
+        atomic_files.atomic_write_bytes(os.path.join(self.folder, name), buf.getvalue())

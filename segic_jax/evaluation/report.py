@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 
-from segic_jax import files
+from segic_jax import atomic_files
 
 
 def _classes(summary: dict) -> dict[str, dict]:
@@ -76,12 +76,12 @@ def plot_classes(summary: dict, title: str) -> bytes:
 def write(workdir: str, results: dict, plot: bool = True) -> list[str]:
     """Write the outputs (each file atomically); returns their paths."""
     written = [os.path.join(workdir, "results.json"), os.path.join(workdir, "results.md")]
-    files.write_json(written[0], results)
-    files.atomic_write_bytes(written[1], markdown(results).encode())
+    atomic_files.write_json(written[0], results)
+    atomic_files.atomic_write_bytes(written[1], markdown(results).encode())
     if plot:
         for name, by_setting in results["benchmarks"].items():
             for setting, summary in by_setting.items():
                 path = os.path.join(workdir, "plots", f"{name}_{setting.replace('-', '')}.png")
-                files.atomic_write_bytes(path, plot_classes(summary, f"{name}, {setting}: per-class IoU"))
+                atomic_files.atomic_write_bytes(path, plot_classes(summary, f"{name}, {setting}: per-class IoU"))
                 written.append(path)
     return written

@@ -208,13 +208,13 @@ def _write_video(folder: str, names: Sequence[str], frames, palette: list[int] |
     """One palette PNG per frame into `folder`, which appears only once every frame is written."""
     from PIL import Image
 
-    from segic_jax import files
+    from segic_jax import atomic_files
 
     parent, base = os.path.split(os.path.abspath(folder))
     for stale in glob.glob(os.path.join(parent, f".{glob.escape(base)}.partial-*")):  # from a killed run
         shutil.rmtree(stale, ignore_errors=True)
     palette = palette or davis_palette()
-    with files.atomic_directory(folder) as tmp:
+    with atomic_files.atomic_directory(folder) as tmp:
         for name, frame in zip(names, frames):
             img = Image.fromarray(frame.labels, "P")
             img.putpalette(palette)

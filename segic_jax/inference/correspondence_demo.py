@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from segic_jax import files, visualize
+from segic_jax import atomic_files, visualize
 from segic_jax.data.synthetic import synthetic_pair
 from segic_jax.models import dinov2
 from segic_jax.models.encoders import build_encoder
@@ -65,11 +65,11 @@ def run(config, workdir: str) -> dict:
         "compile_and_run_s": round(t1 - t0, 3),
         "run_s": round(t2 - t1, 3),
     }
-    files.write_png(os.path.join(workdir, "reference.png"), visualize.mask_overlay(pair["reference_image"], pair["reference_mask"]))
-    files.write_png(os.path.join(workdir, "target_truth.png"), visualize.mask_overlay(pair["target_image"], truth))
+    atomic_files.write_png(os.path.join(workdir, "reference.png"), visualize.mask_overlay(pair["reference_image"], pair["reference_mask"]))
+    atomic_files.write_png(os.path.join(workdir, "target_truth.png"), visualize.mask_overlay(pair["target_image"], truth))
     heat = visualize.draw_point(visualize.heatmap_overlay(pair["target_image"], sim), (x, y))
-    files.write_png(os.path.join(workdir, "target_propagated.png"), heat)
-    files.write_json(os.path.join(workdir, "summary.json"), summary)
+    atomic_files.write_png(os.path.join(workdir, "target_propagated.png"), heat)
+    atomic_files.write_json(os.path.join(workdir, "summary.json"), summary)
     for key, value in summary.items():
         print(f"  {key}: {value}")
     print(f"wrote reference.png, target_truth.png, target_propagated.png and summary.json to {workdir}")

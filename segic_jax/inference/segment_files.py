@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from segic_jax import files, visualize
+from segic_jax import atomic_files, visualize
 from segic_jax.data.images import load_image, load_mask
 from segic_jax.inference.predictor import Predictor, concept_stacks
 
@@ -162,5 +162,5 @@ def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[s
     written = []
     for name, picture in visualize.prediction_pictures(image, pred, outputs, labels).file_names(stem):
         written.append(os.path.join(out_dir, name))
-        files.write_png(written[-1], picture)
+        atomic_files.write_png(written[-1], picture)
     return written

@@ -8,7 +8,7 @@
 
 Written by the converter (`conversion.segic.convert_all`) and by training's export, read by
 `Predictor.from_checkpoint` and the evaluation; this module is the only code that knows the layout.
-A directory is written whole or not at all (`files.atomic_directory`).
+A directory is written whole or not at all (`atomic_files.atomic_directory`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from segic_jax import checkpoints, files
+from segic_jax import atomic_files, checkpoints
 from segic_jax.models import clip_text, dinov2, segic
 from segic_jax.models.encoders import compute_dtype
 
@@ -86,7 +86,7 @@ def save(out: str, head: Part, encoder: Part, text_model: Part, *, tokenizer_fil
     model (`clip_text.write_vocab`). inputs: files the caller read, which --overwrite must never
     delete. Returns the absolute path."""
     replaceable = lambda p: check_replaceable(p, inputs)  # noqa: E731
-    with files.atomic_directory(out, overwrite, replaceable=replaceable) as tmp:
+    with atomic_files.atomic_directory(out, overwrite, replaceable=replaceable) as tmp:
         for name, model_cls, part in ((HEAD, segic.SegicHead, head), (DINOV2, dinov2.Dinov2, encoder)):
             checkpoints.save_model(os.path.join(tmp, name), model_cls, part.config, part.params, source=part.source)
         text_dir = checkpoints.save_model(os.path.join(tmp, CLIP_TEXT), clip_text.ClipTextModel, text_model.config,
@@ -126,7 +126,7 @@ def check_replaceable(path: str, inputs: Sequence[str] = ()) -> None:
 
 def write_release(path: str, info: dict) -> None:
     """Record in a converted release where its files came from (`segic_jax.pretrained`)."""
-    files.write_json(os.path.join(path, RELEASE_FILE), info)
+    atomic_files.write_json(os.path.join(path, RELEASE_FILE), info)
 
 
 def read_release(path: str) -> dict:

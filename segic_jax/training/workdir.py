@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from segic_jax import files
+from segic_jax import atomic_files
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -45,7 +45,7 @@ class Lock:
                 holder = self._holder()
                 if holder is None:
                     continue  # released between our two looks
-                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not files.process_alive(holder["pid"]):
+                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not atomic_files.process_alive(holder["pid"]):
                     self.taken_over = holder  # its process is gone (killed): a stale lock
                     os.remove(self.path)
                     continue
@@ -107,7 +107,7 @@ def _may_change(field: str) -> bool:
 
 def record_config(workdir: str, config) -> None:
     """workdir/config.json: the config a fresh run starts with."""
-    files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(flat_fields(config), default=str)))
+    atomic_files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(flat_fields(config), default=str)))
 
 
 def check_config(workdir: str, config) -> None:
@@ -116,7 +116,7 @@ def check_config(workdir: str, config) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(json.dumps(flat_fields(config), default=str))
     if not os.path.isfile(path):
-        files.write_json(path, current)
+        atomic_files.write_json(path, current)
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
@@ -130,4 +130,4 @@ def check_config(workdir: str, config) -> None:
         )
     changed_ok = [k for k in current if saved.get(k) != current.get(k)]
     if changed_ok:
-        files.write_json(path, {**saved, **{k: current[k] for k in changed_ok}})
+        atomic_files.write_json(path, {**saved, **{k: current[k] for k in changed_ok}})

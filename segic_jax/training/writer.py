@@ -30,7 +30,7 @@ class MetricWriter:
             return 0
         from tensorboardX import SummaryWriter
 
-        from segic_jax import files
+        from segic_jax import atomic_files
 
         self._jsonl.close()
         path = os.path.join(self.logdir, "metrics.jsonl")
@@ -44,7 +44,7 @@ class MetricWriter:
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a kill
         if len(kept) != len(lines):
-            files.atomic_write_bytes(path, "".join(kept).encode())
+            atomic_files.atomic_write_bytes(path, "".join(kept).encode())
         self._jsonl = open(path, "a", encoding="utf-8")
         self._tb.close()
         self._tb = SummaryWriter(self.logdir, purge_step=step + 1)

@@ -19,6 +19,7 @@ from segic_jax.data import build as build_lib
 from segic_jax.data import mixture
 from segic_jax.data.prompts import PromptTable
 from segic_jax.training import mesh as mesh_lib
+from segic_jax.training.checkpointing import SaveFailed
 from segic_jax.training import step as step_lib
 from segic_jax.training import trainer as trainer_lib
 from segic_jax.training.writer import read_metrics
@@ -394,12 +395,12 @@ def test_ctrl_c_stops_with_a_checkpoint_and_a_failed_save_stops_at_once(data_dir
             if self.state.step == 2:
                 def failed():
                     raise RuntimeError("async save failed") from OSError(28, "No space left on device")
-                self.manager.check_for_errors = failed
+                self.checkpoints.manager.check_for_errors = failed
             return out
 
     second = DiskFull(config, str(tmp_path / "b"))
     try:
-        with pytest.raises(trainer_lib.SaveFailed, match=r"No space left on device\); training stopped at step 2"):
+        with pytest.raises(SaveFailed, match=r"No space left on device\); training stopped at step 2"):
             second.run()
     finally:
         second.close()

@@ -3,18 +3,19 @@
     python main.py --config configs/segic.py:demo --workdir /tmp/segic_demo
     python main.py --config configs/segic.py:paper --workdir runs/segic --config.data.data_dir=data/
 
+`Trainer._build` reads top to bottom: the mesh (`training.mesh`), the models, the input (complete
+batches from `data.mixture`), the optimizer and the step placed on the mesh, checkpoints and logs;
+`Trainer.run`: restore, the loop (step, log, checkpoint, evaluate), export and summary.
+
 One process per host (`segic_jax.distributed`: jax.distributed joins them when the environment
-describes several); devices form a ("data", "fsdp") mesh. Episodes are sharded over both axes; the
-head and its optimizer state are replicated, the frozen DINOv2 weights are split over "fsdp"
-(replicated when it is 1). Each process reads the episodes of the global batch rows its devices hold
-(row r of step s is episode s * global_batch_size + r of the seeded stream, and its text prompt is
-drawn from (seed, s, r)), so the global batch does not depend on the number of processes, and the
-loss is normalised over the global batch, so it does not depend on the number of devices either.
+describes several). Each process reads the rows of the global batch its devices hold (row r of
+step s is episode s * global_batch_size + r of the seeded stream, and its text prompt is drawn from
+(seed, s, r)), so the global batch does not depend on the number of processes, and the loss is
+normalised over the global batch, so it does not depend on the number of devices either.
 
 Workdir layout:
-  checkpoints/<step>/   orbax: head parameters, optimizer state, step, RNG (the step also fixes where
-                        the data continues); written asynchronously, a step without its commit
-                        marker is never read
+  config.json           the config the run started with (a resume may change only some fields)
+  checkpoints/<step>/   the state a resumed run continues from (`training.checkpointing`)
   logs/                 TensorBoard events and metrics.jsonl
   images/               predictions on a held-out episode at each evaluation
   export/               the trained model as an inference checkpoint (head/, dinov2/, clip_text/),
@@ -24,7 +25,6 @@ Workdir layout:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -34,16 +34,16 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from segic_jax import distributed, files
+from segic_jax import atomic_files, distributed
 from segic_jax.data import build as build_lib
 from segic_jax.data import episodes, mixture
 from segic_jax.models import bundle, clip_text, dinov2
 from segic_jax.models.encoders import build_encoder, build_text_encoder, compute_dtype, encode_prompts, matmul_precision
 from segic_jax.models.layers import pytorch_default_init
 from segic_jax.models.segic import SegicConfig, SegicHead
-from segic_jax.training import checks, mesh as mesh_lib, step as step_lib, workdir as workdir_lib
+from segic_jax.training import config_checks, mesh as mesh_lib, step as step_lib, workdir as workdir_lib
+from segic_jax.training.checkpointing import Checkpoints, TrainState
 from segic_jax.training.writer import MetricWriter
 
 def new_head(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicHead:
@@ -57,18 +57,11 @@ def new_head(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel
     return head
 
 
-@dataclasses.dataclass
-class TrainState:
-    step: int
-    params: Any
-    opt_state: Any
-
-
 class Trainer:
     """Everything a run needs, built from a config; `run()` trains to the end (or to SIGTERM)."""
 
     def __init__(self, config, workdir: str):
-        checks.check(config)
+        config_checks.check(config)
         self.config, self.workdir = config, os.path.abspath(workdir)
         if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
             raise ValueError(f"--workdir {self.workdir} is a file; give a folder")
@@ -124,7 +117,7 @@ class Trainer:
             semantic_aug=episodes.SemanticAugment(scale_range=tuple(c.data.semantic_scale_range),
                                                   square_reference=c.data.square_reference),
         )
-        self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (checks.check)
+        self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (config_checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
         self.iterator = None  # started at the first batch, from the step then current
 
@@ -145,105 +138,28 @@ class Trainer:
         self.base_key = jax.random.key(c.seed)
 
         # --- checkpoints and logs
-        self.ckpt_dir = os.path.join(self.workdir, "checkpoints")
-        self.manager = self._manager()
+        self.checkpoints = Checkpoints(self.workdir, self.mesh, keep=c.checkpoint.keep, use_async=c.checkpoint.use_async)
         self.writer = MetricWriter(os.path.join(self.workdir, "logs"), enabled=self.is_main)
-        self._stop_requested = False
-        self._interrupts = 0
 
     # --- pieces ---------------------------------------------------------------------------
 
-    def _manager(self):
-        import orbax.checkpoint as ocp
-
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.config.checkpoint.keep,
-            enable_async_checkpointing=self.config.checkpoint.use_async,
-            create=True,
-        )
-        return ocp.CheckpointManager(self.ckpt_dir, options=options)
-
-    def _state_tree(self) -> dict:
-        # step and key replicated over the mesh like the rest (orbax refuses single-device arrays in a
-        # multi-process job), put there from host values (jax cannot put a single-device array there
-        # when each process has one device)
-        replicated = NamedSharding(self.mesh, P())
-        step = np.asarray(self.state.step, np.int64 if jax.config.jax_enable_x64 else np.int32)
-        return {
-            "params": self.state.params,
-            "opt_state": self.state.opt_state,
-            "step": jax.device_put(step, replicated),
-            "rng": jax.device_put(np.asarray(jax.random.key_data(self.base_key)), replicated),
-        }
-
     def save(self, force: bool = False) -> bool:
-        import orbax.checkpoint as ocp
-
-        args = ocp.args.Composite(state=ocp.args.StandardSave(self._state_tree()))
-        return self.manager.save(self.state.step, args=args, force=force)
+        return self.checkpoints.save(self.state, self.base_key, force)
 
     def restore(self) -> bool:
-        """Continue from the latest checkpoint that restores. One that does not (damaged on disk) is
-        moved to workdir/checkpoints_unreadable/ and named, and the one before it is tried; nothing is
-        deleted. The metric logs then drop what was logged after the resumed step. The data continues
-        at the resumed step's batch (the batches are a function of the step), so a run may resume on
-        another number of processes, devices or data workers."""
-        import orbax.checkpoint as ocp
-
-        skipped = []
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._state_tree())
-        while (latest := self.manager.latest_step()) is not None:
-            try:
-                restored = self.manager.restore(
-                    latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
-            except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
-                skipped.append(self._set_aside(latest, reason))
-                continue
-            tree = restored.state
-            self.state = TrainState(int(tree["step"]), tree["params"], tree["opt_state"])
-            self.base_key = jax.random.wrap_key_data(tree["rng"])
-            self.iterator = None  # the next batch is the resumed step's
-            for line in skipped:
-                print(line, flush=True)
-            dropped = self.writer.resume_at(self.state.step)
-            if dropped:
-                print(f"dropped {dropped} metric records logged after step {self.state.step} (they are logged again)", flush=True)
-            return True
-        if skipped:
-            raise ValueError(" ".join(skipped) + " No checkpoint could be restored; start a new --workdir, or move "
-                             f"{os.path.join(self.workdir, 'checkpoints_unreadable')} back to retry them")
-        return False
-
-    def _set_aside(self, step: int, reason: str) -> str:
-        """Move the unreadable checkpoint of `step` out of the manager's way (kept, not deleted)."""
-        src = os.path.join(self.ckpt_dir, str(step))
-        aside = os.path.join(self.workdir, "checkpoints_unreadable")
-        dst = os.path.join(aside, f"{step}-{int(time.time())}")
-        if self.is_main and os.path.isdir(src):
-            os.makedirs(aside, exist_ok=True)
-            os.rename(src, dst)
-        distributed.sync(f"checkpoint {step} set aside")  # before any process looks for the latest again
-        self.manager.close()
-        self.manager = self._manager()
-        return f"skipped the checkpoint of step {step} ({src}: {reason}); moved it to {dst}."
-
-    def check_saves(self) -> None:
-        """Raise at once when an asynchronous checkpoint write failed (a full disk, a lost mount),
-        instead of training on without checkpoints."""
-        try:
-            self.manager.check_for_errors()
-        except Exception as e:
-            cause, reasons = e, []
-            while cause is not None:
-                reasons.append(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__)
-                cause = cause.__cause__ or cause.__context__
-            reason = next((r for r in reasons if "No space left" in r), reasons[-1])
-            raise SaveFailed(
-                f"a checkpoint could not be written to {self.ckpt_dir} ({reason}); training stopped at step "
-                f"{self.state.step}, the last complete checkpoint is step {self.manager.latest_step()}"
-            ) from None
+        """Continue from the latest checkpoint that restores (`Checkpoints.restore`); the metric logs
+        then drop what was logged after it, and the data continues at its step's batch."""
+        restored = self.checkpoints.restore(self.state, self.base_key)
+        if restored is None:
+            return False
+        self.state, self.base_key, skipped = restored
+        self.iterator = None  # the next batch is the resumed step's
+        for line in skipped:
+            print(line, flush=True)
+        dropped = self.writer.resume_at(self.state.step)
+        if dropped:
+            print(f"dropped {dropped} metric records logged after step {self.state.step} (they are logged again)", flush=True)
+        return True
 
     def next_batch(self) -> tuple[dict, dict]:
         """The next global batch as sharded device arrays, plus its host-side fields."""
@@ -297,7 +213,7 @@ class Trainer:
         self.writer.scalars(self.state.step, scores)
         if self.is_main and c.images:
             image = example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed)
-            files.write_png(os.path.join(self.workdir, "images", f"{tag}.png"), image)
+            atomic_files.write_png(os.path.join(self.workdir, "images", f"{tag}.png"), image)
             self.writer.image(self.state.step, "eval/prediction", image)
         return result
 
@@ -314,119 +230,80 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def _on_sigterm(self, signum, frame):
-        self._stop_requested = True
-
-    def _on_sigint(self, signum, frame):
-        """Ctrl-C stops like SIGTERM (checkpoint, then exit); a second one aborts at once."""
-        self._interrupts += 1
-        if self._interrupts > 1:
-            raise KeyboardInterrupt
-        if jax.process_count() > 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # to jax's notifier: every process stops at the same step
-        else:
-            self._stop_requested = True
-        print("\nstopping after this step with a checkpoint (Ctrl-C again to abort without one)", flush=True)
-
     def run(self) -> dict:
-        from clu import metrics as clu_metrics
-        from tqdm.auto import tqdm
-
+        """Train from the latest checkpoint to the last step (or to a stop signal), evaluating and
+        checkpointing on the way; export and write the summary at the end."""
         c = self.config
+        # --- restore: the step, and what the earlier runs on this workdir measured up to it
         resumed = self.restore()
         if resumed:
-            print(f"resumed from step {self.state.step} in {self.ckpt_dir}", flush=True)
-        # In a multi-process job SIGTERM is left to jax's preemption notifier, which tells every process
-        # so that all stop at the same step (`reached_preemption`); a handler here would stop one alone.
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() and jax.process_count() == 1 else None
-        previous_int = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        Metrics = clu_metrics.Collection.create(
-            loss=clu_metrics.Average.from_output("loss"),
-            loss_mask=clu_metrics.Average.from_output("loss_mask"),
-            loss_dice=clu_metrics.Average.from_output("loss_dice"),
-            loss_reverse=clu_metrics.Average.from_output("loss_reverse"),
-            mask_iou=clu_metrics.Average.from_output("iou"),
-        )
-        summary: dict[str, Any] = {"resumed_from": self.state.step if resumed else None, **self.notes}
+            print(f"resumed from step {self.state.step} in {self.checkpoints.dir}", flush=True)
         earlier = self._previous_summary() if resumed else {}
         finished_before = resumed and self.state.step >= self.num_steps
-        # a resumed run keeps what the earlier runs measured up to the checkpoint it resumed from
         evals = {k: v for k, v in earlier.get("evaluations", {}).items()
                  if k == "untrained" or (k.startswith("step_") and k[5:].isdigit() and int(k[5:]) <= self.state.step)}
+        losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
         if c.eval.every_steps and c.eval.at_start and not resumed:
             evals["untrained"] = self.evaluate("untrained")
             print(f"step 0 (untrained): {_format_eval(evals['untrained'])}", flush=True)
-        losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
-        metrics = None
+
+        # --- loop: step, log, checkpoint, evaluate
         start_step, t0 = self.state.step, time.time()
-        bar = tqdm(total=self.num_steps, initial=self.state.step, desc="training",
-                   disable=not self.is_main or not c.log.progress or finished_before)
         stopped = False
-        try:
+        with _StopSignals() as stop, _Progress(self, disabled=finished_before) as progress:
             while self.state.step < self.num_steps:
-                if self._stop_requested or self.manager.reached_preemption(self.state.step):
-                    if self.manager.latest_step() != self.state.step:
-                        self.save(force=True)
-                    self.manager.wait_until_finished()
+                if self._stopping(stop):
                     stopped = True
-                    print(f"stopped at step {self.state.step}: checkpoint written", flush=True)
                     break
                 batch, _ = self.next_batch()
-                out = self.train_step(batch)
-                update = Metrics.single_from_model_output(loss=out.loss, loss_mask=out.loss_mask, loss_dice=out.loss_dice,
-                                                          loss_reverse=out.loss_reverse, iou=out.iou)
-                metrics = update if metrics is None else metrics.merge(update)
+                progress.add(self.train_step(batch))
                 step = self.state.step
-                bar.update(1)
                 if step % c.log.every_steps == 0 or step == self.num_steps:
-                    values = metrics.compute()
-                    values = {k: float(v) for k, v in values.items()}
-                    losses.append(values["loss"])
-                    elapsed = time.time() - t0
-                    rate = (step - start_step) / max(elapsed, 1e-9)
-                    values.update(learning_rate=float(self.schedule(step - 1)), steps_per_second=rate)
-                    self.writer.scalars(step, {f"train/{k}": v for k, v in values.items()})
-                    eta = (self.num_steps - step) / max(rate, 1e-9)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", iou=f"{values['mask_iou']:.3f}")
-                    if not c.log.progress:
-                        print(f"step {step}/{self.num_steps} loss {values['loss']:.4f} mask IoU {values['mask_iou']:.3f} "
-                              f"{rate:.2f} steps/s ETA {eta:.0f}s", flush=True)
-                    metrics = None
+                    losses.append(progress.log(step, start_step, t0))
                 if c.checkpoint.every_steps and step % c.checkpoint.every_steps == 0:
                     self.save()
-                self.check_saves()
+                self.checkpoints.check(self.state.step)
                 if c.eval.every_steps and (step % c.eval.every_steps == 0 or step == self.num_steps):
                     evals[f"step_{step}"] = self.evaluate(f"step_{step:06d}")
-                    bar.write(f"step {step}: {_format_eval(evals[f'step_{step}'])}")
+                    progress.write(f"step {step}: {_format_eval(evals[f'step_{step}'])}")
             if not stopped:
-                if self.manager.latest_step() != self.state.step:
+                if self.checkpoints.latest_step() != self.state.step:
                     self.save(force=True)
-                self.manager.wait_until_finished()
-            self.check_saves()
-        finally:
-            bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            if previous_int is not None:
-                signal.signal(signal.SIGINT, previous_int)
+                self.checkpoints.wait_until_finished()
+            self.checkpoints.check(self.state.step)
+
+        # --- a rerun of a finished run trains nothing: its summary and export stand as they are
         if finished_before and earlier.get("step") == self.state.step and not earlier.get("stopped_early") \
                 and os.path.isdir(earlier.get("export") or ""):
-            # nothing was trained: the finished run's summary and export stand as they are
             self.writer.flush()
             return {**earlier, "already_finished": True}
+
+        # --- export and summary
         steps = self.state.step - start_step
-        summary.update(
-            step=self.state.step, num_steps=self.num_steps, stopped_early=stopped, train_losses=losses,
-            seconds=time.time() - t0, steps_this_run=steps,
-            steps_per_second=steps / max(time.time() - t0, 1e-9) if steps else earlier.get("steps_per_second", 0.0),
-            evaluations=evals,
-        )
+        summary: dict[str, Any] = {
+            "resumed_from": start_step if resumed else None, **self.notes,
+            "step": self.state.step, "num_steps": self.num_steps, "stopped_early": stopped, "train_losses": losses,
+            "seconds": time.time() - t0, "steps_this_run": steps,
+            "steps_per_second": steps / max(time.time() - t0, 1e-9) if steps else earlier.get("steps_per_second", 0.0),
+            "evaluations": evals,
+        }
         if not stopped and self.is_main:
             summary["export"] = self.export()
         if self.is_main:
-            files.write_json(os.path.join(self.workdir, "summary.json"), _jsonable(summary))
+            atomic_files.write_json(os.path.join(self.workdir, "summary.json"), _jsonable(summary))
         self.writer.flush()
         return summary
+
+    def _stopping(self, stop: "_StopSignals") -> bool:
+        """Whether a stop was asked for (a signal here, or jax's preemption notice reaching every
+        process at this step); if so, the current step is checkpointed first."""
+        if not (stop.requested or self.checkpoints.reached_preemption(self.state.step)):
+            return False
+        if self.checkpoints.latest_step() != self.state.step:
+            self.save(force=True)
+        self.checkpoints.wait_until_finished()
+        print(f"stopped at step {self.state.step}: checkpoint written", flush=True)
+        return True
 
     def _previous_summary(self) -> dict:
         """The summary.json an earlier run on this workdir wrote ({} when there is none or it is unreadable)."""
@@ -440,15 +317,11 @@ class Trainer:
 
     def close(self) -> None:
         try:
-            self.manager.close()
+            self.checkpoints.close()
             self.writer.close()
         finally:
             if self.lock is not None:
                 self.lock.release()
-
-
-class SaveFailed(RuntimeError):
-    """An asynchronous checkpoint write failed; the message says where and why."""
 
 
 # exit status of `main.py --mode train` when a signal stopped the run before its last step (after a
@@ -456,10 +329,91 @@ class SaveFailed(RuntimeError):
 EXIT_STOPPED_EARLY = 75
 
 
-def _main_thread() -> bool:
-    import threading
+class _StopSignals:
+    """While training: SIGTERM and Ctrl-C ask for a stop after the current step, with a checkpoint
+    (`requested`); a second Ctrl-C aborts at once. In a multi-process job SIGTERM is left to jax's
+    preemption notifier, which tells every process, so that all stop at the same step
+    (`reached_preemption`); a handler here would stop one alone."""
 
-    return threading.current_thread() is threading.main_thread()
+    def __init__(self):
+        self.requested, self.interrupts, self.previous = False, 0, {}
+
+    def __enter__(self) -> "_StopSignals":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signals can be handled there alone
+            if jax.process_count() == 1:
+                self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _on_sigterm(self, signum, frame):
+        self.requested = True
+
+    def _on_sigint(self, signum, frame):
+        self.interrupts += 1
+        if self.interrupts > 1:
+            raise KeyboardInterrupt
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's notifier: every process stops at the same step
+        else:
+            self.requested = True
+        print("\nstopping after this step with a checkpoint (Ctrl-C again to abort without one)", flush=True)
+
+
+class _Progress:
+    """The training progress report: step metrics averaged between log steps (clu), logged to
+    TensorBoard and metrics.jsonl, shown on a tqdm bar (or as a line per log step)."""
+
+    def __init__(self, trainer: Trainer, disabled: bool):
+        from clu import metrics as clu_metrics
+        from tqdm.auto import tqdm
+
+        self.trainer, self.metrics = trainer, None
+        self.collection = clu_metrics.Collection.create(
+            loss=clu_metrics.Average.from_output("loss"),
+            loss_mask=clu_metrics.Average.from_output("loss_mask"),
+            loss_dice=clu_metrics.Average.from_output("loss_dice"),
+            loss_reverse=clu_metrics.Average.from_output("loss_reverse"),
+            mask_iou=clu_metrics.Average.from_output("iou"),
+        )
+        self.lines = not trainer.config.log.progress
+        self.bar = tqdm(total=trainer.num_steps, initial=trainer.state.step, desc="training",
+                        disable=not trainer.is_main or self.lines or disabled)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def add(self, out: step_lib.StepOutput) -> None:
+        update = self.collection.single_from_model_output(loss=out.loss, loss_mask=out.loss_mask, loss_dice=out.loss_dice,
+                                                          loss_reverse=out.loss_reverse, iou=out.iou)
+        self.metrics = update if self.metrics is None else self.metrics.merge(update)
+        self.bar.update(1)
+
+    def log(self, step: int, start_step: int, t0: float) -> float:
+        """Log the metrics since the last log step; returns their mean loss."""
+        t = self.trainer
+        values = {k: float(v) for k, v in self.metrics.compute().items()}
+        rate = (step - start_step) / max(time.time() - t0, 1e-9)
+        values.update(learning_rate=float(t.schedule(step - 1)), steps_per_second=rate)
+        t.writer.scalars(step, {f"train/{k}": v for k, v in values.items()})
+        self.bar.set_postfix(loss=f"{values['loss']:.4f}", iou=f"{values['mask_iou']:.3f}")
+        if self.lines:
+            eta = (t.num_steps - step) / max(rate, 1e-9)
+            print(f"step {step}/{t.num_steps} loss {values['loss']:.4f} mask IoU {values['mask_iou']:.3f} "
+                  f"{rate:.2f} steps/s ETA {eta:.0f}s", flush=True)
+        self.metrics = None
+        return values["loss"]
+
+    def write(self, line: str) -> None:
+        self.bar.write(line)
 
 
 def _format_eval(result: dict) -> str:

@@ -23,6 +23,8 @@ segic_jax/inference/segment_files.py for what it writes (--outputs) and --batch_
 --mode serve starts the interactive page (segic_jax/serve.py) at http://127.0.0.1:7860: references
 with painted or uploaded masks, several targets, overlays, propagated masks and mask files; without
 --checkpoint it serves the demo model that the first command above trains (/tmp/segic_demo/export).
+Every job starts here; the `python -m segic_jax.<tool>` commands (convert, pretrained, data.build)
+are the offline tools that prepare checkpoints and datasets.
 """
 
 import os
@@ -37,8 +39,9 @@ flags.DEFINE_string("workdir", None, "directory for outputs (every mode but serv
 flags.DEFINE_enum("mode", "train", ["train", "eval", "correspondence", "predict", "serve"], "what to run")
 flags.DEFINE_string(
     "checkpoint", None,
-    "predict, serve: a converted SEGIC directory (python -m segic_jax.convert segic), or a release name "
-    "(segic_dinov2_l_80kx12e, segic_dinov2_l_160kx12e: fetched and converted once into ~/.cache/segic_jax); "
+    "predict, serve: a converted SEGIC directory (python -m segic_jax.convert segic), a training run's export/, or "
+    "a release name (segic_dinov2_l_80kx12e, segic_dinov2_l_160kx12e: fetched and converted once into "
+    "~/.cache/segic_jax); "
     "serve without it: the demo export /tmp/segic_demo/export",
 )
 flags.DEFINE_multi_string("reference", [], "predict: a reference image (repeat for several)")
@@ -127,10 +130,11 @@ def main(argv):
                     print(f"wrote {FLAGS.workdir}/results.md")
             else:
                 from segic_jax.training import trainer
+                from segic_jax.training.checkpointing import SaveFailed
 
                 try:
                     summary = trainer.train(FLAGS.config, FLAGS.workdir)
-                except trainer.SaveFailed as e:
+                except SaveFailed as e:
                     print(f"error: {e}", file=sys.stderr)
                     sys.exit(1)
                 if summary.get("stopped_early"):

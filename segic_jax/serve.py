@@ -1,7 +1,7 @@
 r"""The interactive page: in-context segmentation in a browser (Gradio).
 
     python main.py --mode serve --checkpoint ckpt/segic      # then open http://127.0.0.1:7860
-    python -m segic_jax.serve --checkpoint ckpt/segic --host 0.0.0.0 --port 8080
+    python main.py --mode serve --checkpoint ckpt/segic --host 0.0.0.0 --port 8080
     python main.py --mode serve                              # the demo model of the README's set-up command
 
 Upload up to three reference images, paint over what to find in each (the editor under the upload shows
@@ -26,7 +26,6 @@ Gradio's servers) is off unless asked for.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import os
@@ -40,10 +39,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from segic_jax import files, visualize
+from segic_jax import atomic_files, visualize
 from segic_jax.data.images import load_image, load_mask
 from segic_jax.inference.predictor import Context, Predictor, concept_stacks
-from segic_jax.models.encoders import DTYPES
 
 MAX_REFERENCES = 3
 DEMO_WORKDIR = "/tmp/segic_demo"  # where the README's set-up command trains the demo
@@ -224,7 +222,7 @@ class Session:
                 propagated.append((heat, f"{target.stem}: {labels[j]}" if labels else target.stem))
             for name, mask in pictures._replace(overlay=None, propagated=[]).file_names(target.stem):
                 mask_files.append(os.path.join(out_dir, name))
-                files.write_png(mask_files[-1], mask)
+                atomic_files.write_png(mask_files[-1], mask)
         done = time.perf_counter()
         k, n = context.size, len(references)
         how = ("context reused (the references are unchanged)" if reused else
@@ -248,11 +246,11 @@ def synthetic_example(out_dir: str, size: int = 192, targets: int = 3, seed: int
     image, mask = synthetic.scene(rng, cls, size)
     example = dict(reference=os.path.join(out_dir, "reference.png"), mask=os.path.join(out_dir, "reference_mask.png"),
                    name=cls.name, targets=[])
-    files.write_png(example["reference"], image)
-    files.write_png(example["mask"], mask.astype(np.uint8) * 255)
+    atomic_files.write_png(example["reference"], image)
+    atomic_files.write_png(example["mask"], mask.astype(np.uint8) * 255)
     for i in range(targets):
         example["targets"].append(os.path.join(out_dir, f"target{i + 1}.png"))
-        files.write_png(example["targets"][-1], synthetic.scene(rng, cls, size)[0])
+        atomic_files.write_png(example["targets"][-1], synthetic.scene(rng, cls, size)[0])
     return example
 
 
@@ -352,6 +350,10 @@ def checkpoint_dir(checkpoint: str | None, demo_export: str = DEMO_EXPORT) -> tu
                          "in photos. Give `--checkpoint` for a real model.")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False,
           dtype: str = "float32", batch_size: int = 2) -> None:
     """Load the model, start the page and serve until Ctrl-C."""
@@ -373,8 +375,7 @@ def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int =
 
 
 def run(checkpoint: str | None = None, **options) -> int:
-    """`serve` as a command (this module's and main.py's --mode serve): the exit status, a mistake
-    reported in one line."""
+    """`serve` as a command (main.py's --mode serve): the exit status, a mistake reported in one line."""
     try:
         serve(checkpoint, **options)
     except (FileNotFoundError, ValueError) as e:
@@ -386,31 +387,5 @@ def run(checkpoint: str | None = None, **options) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m segic_jax.serve",
-        description="The interactive in-context segmentation page (Gradio): references with painted or uploaded "
-                    "masks, several targets, overlays, propagated masks and mask files to download.",
-        epilog=f"Without --checkpoint: the demo model that `{DEMO_COMMAND}` trains. Same as python main.py --mode serve.",
-    )
-    parser.add_argument("--checkpoint", help="a converted SEGIC directory, a training run's export/, or a release name")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
-    parser.add_argument("--share", action="store_true", help="also a public link through Gradio's servers")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--batch_size", type=int, default=2, help="targets per device batch")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not 1 <= args.port <= 65535:
-        parser.error(f"--port must be in 1..65535, got {args.port}")
-    return run(args.checkpoint, host=args.host, port=args.port, share=args.share, dtype=args.dtype,
-               batch_size=args.batch_size)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("the page starts with: python main.py --mode serve [--checkpoint DIR] (python main.py --help)")

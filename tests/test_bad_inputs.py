@@ -22,7 +22,6 @@ MAIN = [sys.executable, os.path.join(ROOT, "main.py")]
 CONVERT = [sys.executable, "-m", "segic_jax.convert"]
 BUILD = [sys.executable, "-m", "segic_jax.data.build"]
 PRETRAINED = [sys.executable, "-m", "segic_jax.pretrained"]
-SERVE = [sys.executable, "-m", "segic_jax.serve"]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +106,7 @@ def cases(f, tmp):
         ("predict_needs_target", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(tmp / "p")], 2, r"--mode predict needs --checkpoint and --target", [str(tmp / "p")]),
         # the page: the model is checked before Gradio or a server starts
         ("serve_missing_checkpoint", [*MAIN, "--mode", "serve", "--checkpoint", str(tmp / "no_ckpt")], 1, r"no_ckpt is not a converted SEGIC checkpoint", []),
-        ("serve_module_missing_checkpoint", [*SERVE, "--checkpoint", str(tmp / "no_ckpt")], 1, r"no_ckpt is not a converted SEGIC checkpoint", []),
+        ("serve_port_out_of_range", [*MAIN, "--mode", "serve", "--port", "70000"], 2, r"--port=70000: 70000 is not an integer in the range \[1, 65535\]", []),
         ("serve_with_workdir", [*MAIN, "--mode", "serve", "--workdir", w], 2, r"--mode serve writes no files: drop --workdir", [w]),
         # conversion
         ("convert_missing_src", [*CONVERT, "dinov2", "--src", str(f / "nope.pth"), "--out", out], 1, r"--src .*nope\.pth does not exist", [out]),

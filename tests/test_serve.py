@@ -227,11 +227,11 @@ def test_gradio_is_imported_by_the_page_alone(tmp_path):
 
 
 def _start_server(checkpoint, tmp_path):
-    """`python -m segic_jax.serve` on a free port; returns the process, its URL and its output lines."""
+    """`python main.py --mode serve` on a free port; returns the process, its URL and its output lines."""
     port = free_port()
     env = dict(python_path(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path))
-    server = subprocess.Popen([sys.executable, "-m", "segic_jax.serve", "--checkpoint", checkpoint, "--port", str(port)],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "serve", "--checkpoint", checkpoint, "--port", str(port)]
+    server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
     log, deadline = [], time.monotonic() + 90

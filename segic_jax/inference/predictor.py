@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from segic_jax.data.prompts import INSTANCE_PROMPT, class_prompt
 from segic_jax.models import bundle, clip_text, dinov2
-from segic_jax.models.encoders import INSTANCE_PROMPT, class_prompt, encode_prompts, matmul_precision
+from segic_jax.models.encoders import encode_prompts, matmul_precision
 from segic_jax.models.segic import SegicHead
 from segic_jax.ops.correspondence import masked_feature_sums
 from segic_jax.ops.image import round_up

@@ -1,5 +1,6 @@
-"""The frozen encoders as SEGIC uses them: compute dtypes, the text prompts, and building DINOv2 and
-the CLIP text model from a config (converted weights or random ones of a named size).
+"""The frozen encoders as SEGIC uses them: compute dtypes, building DINOv2 and the CLIP text model
+from a config (converted weights or random ones of a named size), and encoding prompts (which
+prompt an episode uses: `data.prompts`).
 
 Shared by inference, evaluation and training, so none of them has to reach into another for it.
 """
@@ -16,7 +17,6 @@ from flax import nnx
 
 from segic_jax.models import clip_text, dinov2
 
-INSTANCE_PROMPT = "please segment the instances"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -30,11 +30,6 @@ def compute_dtype(name: str, field: str = "dtype"):
 def matmul_precision(dtype) -> str:
     """float32 means PyTorch's float32: full-precision matmuls (XLA uses TF32 on GPUs by default)."""
     return "highest" if dtype == jnp.float32 else "default"
-
-
-def class_prompt(name: str) -> str:
-    """SEGIC's meta prompt for a class name ("" for no name)."""
-    return f"a photo of a {name}" if name else ""
 
 
 def build_encoder(config) -> tuple[dinov2.Dinov2, str]:

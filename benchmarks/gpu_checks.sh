@@ -8,12 +8,15 @@
 #   segic_fp8      the same with DINOv2's linear layers in FP8 (batch 1 and 8), 120 s
 #   train_step     the training step at the paper's size against the original (fp32, autocast): ours as
 #                  configs/segic.py:paper (float32, full-precision matmuls) and paper_bf16, 240 s
+#   attention_f32  float32 attention of DINOv2-L at 896 px: XLA's against the chunked path, forward and
+#                  gradient, chunk sizes 256 to 1024 (which one float32 on a GPU should take), 90 s
+#   segic_f32      SEGIC episodes at DINOv2-L/896 in float32 against the original in float32, 200 s
 #
 #   bash benchmarks/gpu_checks.sh REFS [STEP ...]     (default: every step)
 #
 # A lent GPU gives 15 minutes in all, start-up included, and a call may run 600 s: run it as two
 # calls of 6 minutes, `... .ref parity dinov2_forward segic_bf16` and `... .ref segic_fp8
-# train_step`. Run from the repository root on a machine with a GPU, torch and transformers. REFS
+# train_step`; a third for the float32 rows, `... .ref attention_f32 segic_f32`. Run from the repository root on a machine with a GPU, torch and transformers. REFS
 # (e.g. .ref) holds checkouts of MengLcool/SEGIC (REFS/SEGIC) and facebookresearch/dinov2
 # (REFS/dinov2), which the SEGIC and training steps need. Python packages missing there can come as
 # wheels in .whl/ (flax, ml_collections, open_clip_torch); they are installed to /tmp/site first.
@@ -21,7 +24,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 REFS=${1:-.ref}
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=" ${*:-parity dinov2_forward segic_bf16 segic_fp8 train_step} "
+STEPS=" ${*:-parity dinov2_forward segic_bf16 segic_fp8 train_step attention_f32 segic_f32} "
 LOGS=${OUT:-/tmp/gpu_checks}
 mkdir -p "$LOGS"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -49,3 +52,7 @@ step segic_fp8 120 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC
   --arch vitl14 --image-size 896 --dtypes fp8 --batch-sizes 1 8 --episodes 3
 step train_step 240 python3 benchmarks/train_step.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
   --arch vitl14 --image-size 896 --batch 4 --instances 3 --dtypes float32 bfloat16 --remat-rows 0 --steps 5
+step attention_f32 90 bash -c "python3 benchmarks/attention.py --heads 16 --tokens 4097 --chunks 256 512 1024 && \
+  python3 benchmarks/attention.py --heads 16 --tokens 4097 --chunks 256 512 1024 --gradient"
+step segic_f32 200 python3 benchmarks/segic_inference.py --original "$REFS/SEGIC" --dinov2-repo "$REFS/dinov2" \
+  --arch vitl14 --image-size 896 --dtypes float32 --episodes 3

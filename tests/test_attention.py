@@ -1,5 +1,6 @@
-"""Attention kernels: the TPU splash path (run here in Pallas' interpret mode) against XLA's
-attention, alone and inside DINOv2, and which kernel each device and dtype gets."""
+"""Attention kernels: the TPU splash path (run here in Pallas' interpret mode) and the chunked path
+against XLA's attention, alone, in gradients and inside DINOv2; the chunked path's memory at 896 px;
+and which kernel each device and dtype gets."""
 
 import functools
 
@@ -80,13 +81,88 @@ def test_dinov2_through_splash_matches_xla(rng):
 
 
 @pytest.mark.parametrize(
+    "nq,nk,is_causal,lengths,chunk",
+    [
+        (70, 70, False, None, 0),  # one chunk smaller than CHUNK_QUERIES
+        (1300, 700, False, None, 256),  # queries not a multiple of the chunk, keys of another length
+        (300, 500, False, (500, 37), 128),  # padded keys per row
+        (450, 450, True, None, 128),  # causal across chunk boundaries
+    ],
+)
+def test_chunked_matches_xla(rng, nq, nk, is_causal, lengths, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(attention, "CHUNK_QUERIES", chunk)
+    q, k, v = _qkv(rng, 2, nq, nk, 64)
+    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
+    ref = _attend("xla", q, k, v, 2, **kw)
+    out = _attend("chunked", q, k, v, 2, **kw)
+    assert out.shape == ref.shape == (2, nq, 64)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("is_causal,lengths", [(False, None), (False, (333, 37)), (True, None)])
+def test_chunked_gradients_match_xla(rng, is_causal, lengths, monkeypatch):
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 128)
+    q, k, v = _qkv(rng, 2, 333, 333, 64)
+    key_lengths = None if lengths is None else jnp.asarray(lengths)
+
+    def loss(impl, q, k, v):
+        with force_implementation(impl), jax.default_matmul_precision("highest"):
+            out = multi_head_attention(q, k, v, 2, is_causal=is_causal, key_lengths=key_lengths)
+        return jnp.sum(out * jnp.cos(out))
+
+    ref = jax.jit(jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(jax.grad(functools.partial(loss, "chunked"), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5 * float(jnp.abs(b).max()), rtol=0)
+    if lengths is not None:
+        assert float(jnp.abs(got[1][1, 37:]).max()) == 0.0  # padded keys get no gradient
+
+
+def test_dinov2_through_chunked_matches_xla(rng, monkeypatch):
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 32)
+    cfg = dinov2.Dinov2Config(embed_dim=128, depth=2, num_heads=2, pos_grid=5, num_register_tokens=4)
+    graphdef, state = nnx.split(dinov2.Dinov2(cfg, rngs=nnx.Rngs(0)))
+    images = jnp.asarray(rng.standard_normal((2, 98, 126, 3)), jnp.float32)
+
+    def forward(impl):
+        with force_implementation(impl), jax.default_matmul_precision("highest"):
+            return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens)(state, images)
+
+    np.testing.assert_allclose(np.asarray(forward("chunked")), np.asarray(forward("xla")), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl,fits", [("chunked", True), ("xla", False)])
+@pytest.mark.parametrize("program", ["forward", "gradient"])
+def test_no_score_buffer_at_896_px(impl, fits, program):
+    """XLA's buffer assignment for DINOv2 at the paper's 896 px (4097 tokens), its forward pass and
+    its gradient: with the chunked path no buffer the size of one block's scores (heads x 4097^2
+    float32) is allocated, in either pass; XLA's own attention needs one (which is what makes the
+    test able to fail)."""
+    cfg = dinov2.Dinov2Config(embed_dim=64, depth=2, num_heads=2, pos_grid=4)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: dinov2.Dinov2(cfg, rngs=nnx.Rngs(0))))
+    images = jax.ShapeDtypeStruct((1, 896, 896, 3), jnp.float32)
+    forward = lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens  # noqa: E731
+    fn = forward if program == "forward" else jax.grad(lambda s, x: jnp.sum(forward(s, x) ** 2), argnums=1)
+    with force_implementation(impl):
+        compiled = jax.jit(fn).lower(state, images).compile()
+    scores = cfg.num_heads * 4097**2 * 4
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert (temp < scores) == fits, (temp, scores)
+
+
+@pytest.mark.parametrize(
     "platform,dtype,nq,nk,expected",
     [
         ("tpu", jnp.bfloat16, 4097, 4097, "splash"),  # DINOv2-L at 896 px
         ("tpu", jnp.float32, 4097, 4097, "xla"),  # float32 stays exact
         ("tpu", jnp.bfloat16, 257, 257, "xla"),  # short: XLA's fused attention
         ("tpu", jnp.bfloat16, 7, 4096, "xla"),  # the decoder's token-to-image attention
-        ("cpu", jnp.bfloat16, 4097, 4097, "xla"),
+        ("cpu", jnp.bfloat16, 4097, 4097, "chunked"),  # no score matrix on a CPU, in any dtype
+        ("cpu", jnp.float32, 257, 257, "chunked"),  # DINOv2 at 224 px
+        ("cpu", jnp.float32, 77, 77, "xla"),  # CLIP's text tower
+        ("cpu", jnp.float32, 7, 4096, "xla"),  # the decoder's token-to-image attention
+        ("gpu", jnp.float32, 4097, 4097, "xla"),  # float32 on a GPU: until gpu_checks.sh has measured it
     ],
 )
 def test_kernel_choice(monkeypatch, platform, dtype, nq, nk, expected):

@@ -29,6 +29,7 @@ host overhead: the share of an episode's wall time spent outside the device prog
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -173,6 +174,9 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="segic-jax batch sizes (1 is always run)")
     parser.add_argument("--original-autocast", action="store_true", help="also time the original under bf16 autocast (GPU)")
     parser.add_argument("--profile", default="", help="write a jax.profiler trace of this port's batched calls here")
+    parser.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "xla", "chunked", "cudnn", "splash"],
+                        help="this port's attention: auto (the device's choice, ops.attention) or a pinned implementation; "
+                             "several give a row each, e.g. auto xla for the effect of the choice")
     args = parser.parse_args()
 
     import jax
@@ -181,6 +185,7 @@ def main():
 
     from segic_jax import convert
     from segic_jax.inference.predictor import Predictor
+    from segic_jax.ops.attention import force_implementation
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":  # the original calls .cuda() unconditionally
@@ -269,38 +274,42 @@ def main():
         report("original", "autocast", "uncached", 1, t, t_orig_u)
         t, _ = median_time(autocast(original_cached), args.episodes)
         report("original", "autocast", "cached", 1, t, t_orig_c)
-    for dtype in args.dtypes:
-        load = lambda batch: Predictor.from_checkpoint(
-            out, dtype="bfloat16" if dtype == "fp8" else dtype, fp8=dtype == "fp8", batch_size=batch)
-        predictor = load(1)
-        uncached = lambda: predictor.segment(
-            [target], predictor.encode_context([ref_image], [ref_mask], class_names=["object"])
-        )[0].logits
-        t, ours = median_time(uncached, args.episodes)
-        t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=True)
-        report("segic-jax", dtype, "uncached", 1, t, t_orig_u, float(np.abs(ours - ref_u).max()), 1 - t_dev / t, ours, ref_u)
-        context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
-        t, ours = median_time(lambda: predictor.segment([target], context)[0].logits, args.episodes)
-        t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=False)
-        report("segic-jax", dtype, "cached", 1, t, t_orig_c, float(np.abs(ours - ref_c).max()), 1 - t_dev / t, ours, ref_c)
-        for batch in [b for b in args.batch_sizes if b > 1]:
-            predictor = load(batch)
-            n = 4 * batch  # several batches, so that dispatch and copy-back can overlap
-            targets = [scene(10 + i)[0] for i in range(n)]
-            if hasattr(predictor, "segment_episodes"):
-                from segic_jax.inference.predictor import Episode
-
-                episodes = [Episode(ref_image, ref_mask, t, class_names=["object"]) for t in targets]
-                t, _ = median_time(lambda: list(predictor.segment_episodes(episodes)), args.episodes)
-                report("segic-jax", dtype, "uncached", batch, t / n, t_orig_u)
+    for attention_impl, dtype in [(a, d) for a in args.attention for d in args.dtypes]:
+        name = "segic-jax" if attention_impl == "auto" else f"jax/{attention_impl}"
+        jax.clear_caches()  # the implementation is chosen while tracing: trace again under this one
+        pinned = contextlib.nullcontext() if attention_impl == "auto" else force_implementation(attention_impl)
+        with pinned:
+            load = lambda batch: Predictor.from_checkpoint(
+                out, dtype="bfloat16" if dtype == "fp8" else dtype, fp8=dtype == "fp8", batch_size=batch)
+            predictor = load(1)
+            uncached = lambda: predictor.segment(
+                [target], predictor.encode_context([ref_image], [ref_mask], class_names=["object"])
+            )[0].logits
+            t, ours = median_time(uncached, args.episodes)
+            t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=True)
+            report(name, dtype, "uncached", 1, t, t_orig_u, float(np.abs(ours - ref_u).max()), 1 - t_dev / t, ours, ref_u)
             context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
-            t, _ = median_time(lambda: predictor.segment(targets, context), args.episodes)
-            report("segic-jax", dtype, "cached", batch, t / n, t_orig_c)
-            if args.profile:  # one call of each, after the timing (compiled already)
-                with jax.profiler.trace(os.path.join(args.profile, f"{dtype}_batch{batch}")):
-                    if hasattr(predictor, "segment_episodes"):
-                        list(predictor.segment_episodes(episodes))
-                    predictor.segment(targets, context)
+            t, ours = median_time(lambda: predictor.segment([target], context)[0].logits, args.episodes)
+            t_dev = device_time(predictor, ref_image, ref_mask, target, args.episodes, uncached=False)
+            report(name, dtype, "cached", 1, t, t_orig_c, float(np.abs(ours - ref_c).max()), 1 - t_dev / t, ours, ref_c)
+            for batch in [b for b in args.batch_sizes if b > 1]:
+                predictor = load(batch)
+                n = 4 * batch  # several batches, so that dispatch and copy-back can overlap
+                targets = [scene(10 + i)[0] for i in range(n)]
+                if hasattr(predictor, "segment_episodes"):
+                    from segic_jax.inference.predictor import Episode
+
+                    episodes = [Episode(ref_image, ref_mask, t, class_names=["object"]) for t in targets]
+                    t, _ = median_time(lambda: list(predictor.segment_episodes(episodes)), args.episodes)
+                    report(name, dtype, "uncached", batch, t / n, t_orig_u)
+                context = predictor.encode_context([ref_image], [ref_mask], binarize=False)
+                t, _ = median_time(lambda: predictor.segment(targets, context), args.episodes)
+                report(name, dtype, "cached", batch, t / n, t_orig_c)
+                if args.profile:  # one call of each, after the timing (compiled already)
+                    with jax.profiler.trace(os.path.join(args.profile, f"{dtype}_batch{batch}")):
+                        if hasattr(predictor, "segment_episodes"):
+                            list(predictor.segment_episodes(episodes))
+                        predictor.segment(targets, context)
 
 
 def _autocast(torch, fn):

@@ -24,6 +24,33 @@ def _attend(impl, q, k, v, heads, **kw):
         return jax.jit(functools.partial(multi_head_attention, num_heads=heads, **kw))(q, k, v)
 
 
+def _check_against_xla(impl, rng, nq, nk, is_causal, lengths, width, atol):
+    q, k, v = _qkv(rng, 2, nq, nk, width)
+    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
+    ref = _attend("xla", q, k, v, 2, **kw)
+    out = _attend(impl, q, k, v, 2, **kw)
+    assert out.shape == ref.shape == (2, nq, width)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=atol, rtol=0)
+
+
+def _gradients(impl, q, k, v, heads, **kw):
+    """d/d(q, k, v) of a loss on the attention's output."""
+    def loss(q, k, v):
+        with force_implementation(impl), jax.default_matmul_precision("highest"):
+            out = multi_head_attention(q, k, v, heads, **kw)
+        return jnp.sum(out * jnp.cos(out))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+def _dinov2_patch_tokens(impl):
+    cfg = dinov2.Dinov2Config(embed_dim=128, depth=2, num_heads=2, pos_grid=5, num_register_tokens=4)
+    graphdef, state = nnx.split(dinov2.Dinov2(cfg, rngs=nnx.Rngs(0)))
+    images = jnp.asarray(np.random.default_rng(1).standard_normal((2, 98, 126, 3)), jnp.float32)  # 63 patches + 5 tokens
+    with force_implementation(impl), jax.default_matmul_precision("highest"):
+        return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens)(state, images))
+
+
 @pytest.mark.parametrize(
     "nq,nk,is_causal,lengths",
     [
@@ -34,12 +61,7 @@ def _attend(impl, q, k, v, heads, **kw):
     ],
 )
 def test_splash_matches_xla(rng, nq, nk, is_causal, lengths):
-    q, k, v = _qkv(rng, 2, nq, nk, 128)
-    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
-    ref = _attend("xla", q, k, v, 2, **kw)
-    out = _attend("splash", q, k, v, 2, **kw)
-    assert out.shape == ref.shape == (2, nq, 128)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=0)
+    _check_against_xla("splash", rng, nq, nk, is_causal, lengths, 128, atol=2e-5)
 
 
 def test_splash_bf16_error_is_that_of_bf16(rng):
@@ -54,30 +76,14 @@ def test_splash_bf16_error_is_that_of_bf16(rng):
 
 def test_splash_gradients_match_xla(rng):
     q, k, v = _qkv(rng, 1, 70, 140, 64)
-    lengths = jnp.asarray([101])
-
-    def loss(impl, q, k, v):
-        with force_implementation(impl), jax.default_matmul_precision("highest"):
-            out = multi_head_attention(q, k, v, 1, key_lengths=lengths)
-        return jnp.sum(out * jnp.cos(out))
-
-    ref = jax.jit(jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2)))(q, k, v)
-    got = jax.jit(jax.grad(functools.partial(loss, "splash"), argnums=(0, 1, 2)))(q, k, v)
+    ref, got = (_gradients(impl, q, k, v, 1, key_lengths=jnp.asarray([101])) for impl in ("xla", "splash"))
     for a, b in zip(got, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=0)
     assert float(jnp.abs(ref[1][:, 101:]).max()) == 0.0  # padded keys get no gradient
 
 
-def test_dinov2_through_splash_matches_xla(rng):
-    cfg = dinov2.Dinov2Config(embed_dim=128, depth=2, num_heads=2, pos_grid=5, num_register_tokens=4)
-    graphdef, state = nnx.split(dinov2.Dinov2(cfg, rngs=nnx.Rngs(0)))
-    images = jnp.asarray(rng.standard_normal((2, 98, 126, 3)), jnp.float32)  # 63 patches + 5 tokens
-
-    def forward(impl):
-        with force_implementation(impl), jax.default_matmul_precision("highest"):
-            return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens)(state, images)
-
-    np.testing.assert_allclose(np.asarray(forward("splash")), np.asarray(forward("xla")), atol=5e-5, rtol=0)
+def test_dinov2_through_splash_matches_xla():
+    np.testing.assert_allclose(_dinov2_patch_tokens("splash"), _dinov2_patch_tokens("xla"), atol=5e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -92,44 +98,24 @@ def test_dinov2_through_splash_matches_xla(rng):
 def test_chunked_matches_xla(rng, nq, nk, is_causal, lengths, chunk, monkeypatch):
     if chunk:
         monkeypatch.setattr(attention, "CHUNK_QUERIES", chunk)
-    q, k, v = _qkv(rng, 2, nq, nk, 64)
-    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
-    ref = _attend("xla", q, k, v, 2, **kw)
-    out = _attend("chunked", q, k, v, 2, **kw)
-    assert out.shape == ref.shape == (2, nq, 64)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6, rtol=0)
+    _check_against_xla("chunked", rng, nq, nk, is_causal, lengths, 64, atol=2e-6)
 
 
 @pytest.mark.parametrize("is_causal,lengths", [(False, None), (False, (333, 37)), (True, None)])
 def test_chunked_gradients_match_xla(rng, is_causal, lengths, monkeypatch):
     monkeypatch.setattr(attention, "CHUNK_QUERIES", 128)
     q, k, v = _qkv(rng, 2, 333, 333, 64)
-    key_lengths = None if lengths is None else jnp.asarray(lengths)
-
-    def loss(impl, q, k, v):
-        with force_implementation(impl), jax.default_matmul_precision("highest"):
-            out = multi_head_attention(q, k, v, 2, is_causal=is_causal, key_lengths=key_lengths)
-        return jnp.sum(out * jnp.cos(out))
-
-    ref = jax.jit(jax.grad(functools.partial(loss, "xla"), argnums=(0, 1, 2)))(q, k, v)
-    got = jax.jit(jax.grad(functools.partial(loss, "chunked"), argnums=(0, 1, 2)))(q, k, v)
+    kw = dict(is_causal=is_causal, key_lengths=None if lengths is None else jnp.asarray(lengths))
+    ref, got = (_gradients(impl, q, k, v, 2, **kw) for impl in ("xla", "chunked"))
     for a, b in zip(got, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5 * float(jnp.abs(b).max()), rtol=0)
     if lengths is not None:
         assert float(jnp.abs(got[1][1, 37:]).max()) == 0.0  # padded keys get no gradient
 
 
-def test_dinov2_through_chunked_matches_xla(rng, monkeypatch):
-    monkeypatch.setattr(attention, "CHUNK_QUERIES", 32)
-    cfg = dinov2.Dinov2Config(embed_dim=128, depth=2, num_heads=2, pos_grid=5, num_register_tokens=4)
-    graphdef, state = nnx.split(dinov2.Dinov2(cfg, rngs=nnx.Rngs(0)))
-    images = jnp.asarray(rng.standard_normal((2, 98, 126, 3)), jnp.float32)
-
-    def forward(impl):
-        with force_implementation(impl), jax.default_matmul_precision("highest"):
-            return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).patch_tokens)(state, images)
-
-    np.testing.assert_allclose(np.asarray(forward("chunked")), np.asarray(forward("xla")), atol=5e-5, rtol=0)
+def test_dinov2_through_chunked_matches_xla(monkeypatch):
+    monkeypatch.setattr(attention, "CHUNK_QUERIES", 32)  # 68 tokens: three chunks
+    np.testing.assert_allclose(_dinov2_patch_tokens("chunked"), _dinov2_patch_tokens("xla"), atol=5e-5, rtol=0)
 
 
 @pytest.mark.parametrize("impl,fits", [("chunked", True), ("xla", False)])

@@ -321,8 +321,8 @@ def run_ours(args, workdir: str, dtype_name: str, remat_rows: int) -> dict:
     # is paper_bf16 (bf16 encoders, XLA's default precision): the two rows are the switch's effect
     mesh = mesh_lib.make_mesh(1)
     options = train_lib.StepOptions(remat_rows=remat_rows, precision=matmul_precision(dtype))
-    placed = mesh_lib.place_step(mesh, head, encoder, text_table, train_lib.optimizer(LEARNING_RATE), options)
-    train_step, params, rest, opt_state = placed.run, placed.params, placed.rest, placed.opt_state
+    placed, params, opt_state = mesh_lib.place_step(mesh, head, encoder, text_table, train_lib.optimizer(LEARNING_RATE), options)
+    train_step, rest = placed.run, placed.rest
     encoder_state, text_table, batch_sharding = placed.encoder_state, placed.text_table, mesh_lib.batch_sharding(mesh)
 
     arrays = dict(np.load(os.path.join(workdir, BATCH_FILE)))

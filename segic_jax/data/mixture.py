@@ -19,6 +19,8 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple, Sequence
 
+from segic_jax.data.prompts import PromptTable, prompt_draws
+
 EPISODES = ("semantic_by_class", "semantic_by_image", "instance", "class")
 
 # The reference's training mixture (docs/original.md 4.1)
@@ -99,8 +101,6 @@ class _WithPrompts:
         self.table, self.seed, self.rows, self.text_prob = table, seed, list(rows), text_prob
 
     def __call__(self, batch_index: int, episodes: dict) -> Batch:
-        from segic_jax.data.prompts import prompt_draws
-
         draws = prompt_draws(self.seed, batch_index, self.rows)
         info = {k: episodes[k] for k in HOST_FIELDS}
         arrays = {k: v for k, v in episodes.items() if k not in HOST_FIELDS}
@@ -121,7 +121,6 @@ def training_data(mixture: Sequence[Part], data_dir: str, size: int, max_instanc
     """Complete training batches: episodes of the mixture chosen by weight (`episodes.episode_stream`),
     `rows` of each global batch of `batch_size` (None: all), with their prompts drawn."""
     from segic_jax.data import episodes
-    from segic_jax.data.prompts import PromptTable
 
     sources = samplers(data_dir, size, max_instances, mixture, semantic_aug=semantic_aug, instance_aug=instance_aug)
     table = PromptTable([n for s in sources for n in s.prompt_names])

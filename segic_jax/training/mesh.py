@@ -60,21 +60,21 @@ def encoder_sharding(mesh, state) -> Any:
 
 
 class PlacedStep(NamedTuple):
-    """The step and its state on the mesh. `run(params, rest, opt_state, encoder_state, text_table,
-    batch, key) -> (params, opt_state, StepOutput)` donates params and opt_state."""
+    """The step and what stays fixed on the mesh. `run(params, rest, opt_state, encoder_state,
+    text_table, batch, key) -> (params, opt_state, StepOutput)` donates params and opt_state, which
+    the caller holds (they change every step)."""
 
     run: Callable
     head_graph: Any
-    params: Any  # the head's trainable parameters, replicated
     rest: Any  # the head's other variables (the PE buffer), replicated
-    opt_state: Any
     encoder_state: Any  # frozen DINOv2, split as `encoder_sharding` says
     text_table: jax.Array  # (V, Ct) CLIP features of the prompt table, replicated
 
 
-def place_step(mesh, head, encoder, text_table, tx, options: step_lib.StepOptions) -> PlacedStep:
+def place_step(mesh, head, encoder, text_table, tx, options: step_lib.StepOptions) -> tuple[PlacedStep, Any, Any]:
     """Put the head, its fresh optimizer state, the encoder and the text table on the mesh and jit
-    the step over them."""
+    the step over them: (the placed step, the head's trainable parameters, their optimizer state),
+    the last two replicated."""
     replicated = NamedSharding(mesh, P())
     head_graph, params, rest = nnx.split(head, nnx.Param, ...)
     encoder_graph, encoder_state = nnx.split(encoder)
@@ -87,4 +87,4 @@ def place_step(mesh, head, encoder, text_table, tx, options: step_lib.StepOption
         donate_argnums=(0, 2),
         out_shardings=(replicated, replicated, replicated),
     )
-    return PlacedStep(run, head_graph, params, rest, opt_state, encoder_state, text_table)
+    return PlacedStep(run, head_graph, rest, encoder_state, text_table), params, opt_state

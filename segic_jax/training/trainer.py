@@ -132,9 +132,9 @@ class Trainer:
             precision=matmul_precision(compute_dtype(c.dtype, "config.dtype")),
         )
         text_table = encode_prompts(self.text_model, self.tokenizer, self.data.prompts)
-        self.placed = mesh_lib.place_step(self.mesh, self.head, self.encoder, text_table,
-                                          step_lib.optimizer(self.schedule, c.train.weight_decay), options)
-        self.state = TrainState(0, self.placed.params, self.placed.opt_state)
+        self.placed, params, opt_state = mesh_lib.place_step(
+            self.mesh, self.head, self.encoder, text_table, step_lib.optimizer(self.schedule, c.train.weight_decay), options)
+        self.state = TrainState(0, params, opt_state)
         self.base_key = jax.random.key(c.seed)
 
         # --- checkpoints and logs

@@ -9,6 +9,7 @@ interactive page shows them.
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ PALETTE = (
 )
 REFERENCE_COLOUR = (60, 220, 60)
 PREDICTION_COLOUR = (255, 60, 60)
+TINTS = PALETTE[:6]  # green, red, blue, yellow, magenta, cyan: what `contrasting_colour` picks from
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -78,6 +80,20 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, colour=PREDICTION_COLOUR, 
         out[rim] = (0, 0, 0)
         out[inner] = colour
     return out
+
+
+def contrasting_colour(image: np.ndarray, mask: np.ndarray | None = None, candidates=None) -> tuple[int, int, int]:
+    """The tint (of `candidates`, default `TINTS`) that stands out most where it is drawn: the one whose
+    smaller RGB distance to the mean colour under `mask` and to the image's mean colour is largest
+    (the earlier candidate on a tie). Without a mask, or with an empty one, the image's mean alone. So a
+    mask over a green object on a green scene is not tinted green."""
+    candidates = np.asarray(TINTS if candidates is None else candidates, np.float32)
+    pixels = np.asarray(image, np.float32)[..., :3]
+    means = [pixels.reshape(-1, 3).mean(0)]
+    if mask is not None and np.asarray(mask, bool).any():
+        means.append(pixels[np.asarray(mask, bool)].mean(0))
+    distance = np.min([np.linalg.norm(candidates - m, axis=-1) for m in means], axis=0)
+    return tuple(int(c) for c in candidates[int(np.argmax(distance))])
 
 
 def heatmap_overlay(image: np.ndarray, values: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -188,6 +204,26 @@ class Pictures(NamedTuple):
         if self.overlay is not None:
             named.append((f"{stem}_overlay.png", self.overlay))
         return named
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """The stem that names each target's files: its file name without the suffix, with -2, -3, ...
+    added to a repeated stem (photo.png and photo.jpg), so that no target's files replace another's."""
+    bases = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    own = set(bases)  # no added number may take another target's own stem
+    given: set[str] = set()
+    stems = []
+    for base in bases:
+        stem, n = base, 1
+        while stem in given:
+            n += 1
+            stem = f"{base}-{n}"
+            while stem in own:
+                n += 1
+                stem = f"{base}-{n}"
+        given.add(stem)
+        stems.append(stem)
+    return stems
 
 
 PREDICTION_PICTURES = Pictures._fields  # the kinds `prediction_pictures` draws: masks, overlay, propagated

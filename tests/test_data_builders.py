@@ -204,3 +204,27 @@ def test_video_layout_errors_are_named(tmp_path, rng, capsys):
     os.remove(tmp_path / "davis" / "Annotations/480p/bear/00002.png")
     assert build_cli.main(build_args("davis2017", str(tmp_path / "davis"), str(tmp_path / "data"))) == 1
     assert "bear lacks the masks of frames ['00002']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"\x80\x02cnumpyz\ndtype\nq\x00.", "unexpected numpyz.dtype in a split list"),  # no such module
+    (b"\x80\x02cnumpy.random\nscalar\nq\x00.", "unexpected numpy.random.scalar in a split list"),  # no such name
+    (b"\x80\x02cos\nsystem\n(S'true'\ntR.", "unexpected os.system in a split list"),
+    # a bytes field of 1 TB in a file of 15 bytes: refused by the allocator, or found truncated
+    (b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc.", r"\((a length in it is beyond this machine's memory|UnpicklingError: .*truncated)\)"),
+    (b"\x80\x02cnumpy\ndtype\nq\x00X\x05\x00\x00\x00nopeZq\x01\x85q\x02Rq\x03.", r"\(TypeError: .*\)"),  # numpy refuses
+], ids=["unknown_module", "unknown_name", "code", "terabyte", "bad_dtype"])
+def test_crafted_split_lists_are_named_in_one_line(tmp_path, capsys, data, message):
+    import re
+
+    from segic_jax.data.builders.common import LayoutError
+    from segic_jax.data.builders.semantic import hsnet_pools
+
+    path = tmp_path / "splits" / "coco" / "val" / "fold0.pkl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    with pytest.raises(LayoutError) as e:
+        hsnet_pools(str(tmp_path / "splits"), "val")
+    text = str(e.value)
+    assert text.startswith(f"{path} is not one of HSNet's split lists (") and "\n" not in text
+    assert re.search(message, text), text

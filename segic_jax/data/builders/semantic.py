@@ -98,13 +98,40 @@ class Ade20kSemantic(_Semantic):
             }
 
 
+# What a split list may refer to besides dicts, lists and strings: numpy's integer class ids, as
+# pickled by numpy 1.x (numpy.core) and 2.x (numpy._core).
+_NUMPY_GLOBALS = {
+    (module, name)
+    for core in ("numpy.core", "numpy._core")
+    for module, name in ((f"{core}.multiarray", "scalar"), (f"{core}.multiarray", "_reconstruct"),
+                         ("numpy", "dtype"), ("numpy", "ndarray"))
+}
+
+
 class _Lists(pickle.Unpickler):
     """HSNet's lists are pickled dicts of lists of strings: nothing else is loaded from them."""
 
     def find_class(self, module, name):
-        if module.startswith("numpy") and name in ("scalar", "dtype", "_reconstruct", "ndarray"):
-            return super().find_class(module, name)  # numpy integer class ids
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
         raise LayoutError(f"unexpected {module}.{name} in a split list")
+
+
+def _load_lists(path: str):
+    """The object pickled in `path`, through `_Lists`. Whatever a damaged or crafted file does to the
+    unpickler (a refused or unknown global, a length beyond the file or memory, a bad opcode, deep
+    nesting) is a LayoutError naming the file."""
+    with open(path, "rb") as f:
+        try:
+            return _Lists(f).load()
+        except Exception as e:  # noqa: BLE001  every failure of reading the file, MemoryError included
+            if isinstance(e, LayoutError):
+                detail = str(e)
+            elif isinstance(e, MemoryError):
+                detail = "a length in it is beyond this machine's memory"
+            else:
+                detail = f"{type(e).__name__}: {e}".rstrip(": ")
+            raise LayoutError(f"{path} is not one of HSNet's split lists ({detail})") from None
 
 
 def hsnet_pools(splits_dir: str, split: str) -> dict[str, list[int]]:
@@ -113,11 +140,7 @@ def hsnet_pools(splits_dir: str, split: str) -> dict[str, list[int]]:
     pools: dict[str, set[int]] = {}
     for fold in range(4):
         path = require_file(os.path.join(splits_dir, "coco", split, f"fold{fold}.pkl"), f"HSNet's COCO-20i {split} list")
-        with open(path, "rb") as f:
-            try:
-                lists = _Lists(f).load()
-            except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-                raise LayoutError(f"{path} is not one of HSNet's split lists ({e})") from None
+        lists = _load_lists(path)
         if not isinstance(lists, dict) or not lists:
             raise LayoutError(f"{path} is not one of HSNet's split lists (a dict of class -> image names)")
         held_out = {fold + 4 * v for v in range(20)}

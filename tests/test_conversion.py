@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -205,3 +206,21 @@ def test_cli_converts_a_clip_folder(tmp_path, capsys):
 
     model = clip_text.load(str(tmp_path / "out"))
     assert (model.cfg.vocab_size, model.cfg.width, model.cfg.depth, model.cfg.eos_token_id) == (500, 32, 1, 499)
+
+
+@pytest.mark.parametrize("index,message", [
+    ('{"metadata": {"total_size": 10}}', "has no weight_map"),
+    ('[1, 2]', "has no weight_map"),
+    ('{"weight_map": ', r"is not valid JSON \(Expecting value: line 1 column 16"),
+    ('{"weight_map": {"a": "../model-1.safetensors"}}', "names shards that are not file names in its folder"),
+    ('{"weight_map": {"a": "model-1.safetensors"}}', r"names model-1\.safetensors, not in .*download the missing"),
+], ids=["no_weight_map", "not_a_dict", "malformed", "outside", "missing_shard"])
+def test_a_damaged_shard_index_is_named(tmp_path, capsys, index, message):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text(index)
+    assert convert.main(["dinov2", "--src", str(folder), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: the shard index {folder / 'model.safetensors.index.json'} ")
+    assert re.search(message, err), err
+    assert _nothing_written(tmp_path)

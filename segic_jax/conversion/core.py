@@ -179,10 +179,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         for index_name in _INDEX_FILES:
             index_path = os.path.join(path, index_name)
             if os.path.isfile(index_path):
-                with open(index_path) as f:
-                    shards = sorted(set(json.load(f)["weight_map"].values()))
                 out = {}
-                for shard in shards:
+                for shard in _shards(index_path):
                     out.update(read_state_dict(os.path.join(path, shard)))
                 return out
         for name in _WEIGHT_FILES:
@@ -200,6 +198,35 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ConversionError(
         f"cannot read {path}: expected a .pth, .pt, .bin or .safetensors file or a Hugging Face folder"
     )
+
+
+def _shards(index_path: str) -> list[str]:
+    """The shard files a Hugging Face `*.index.json` names (its `weight_map`: tensor -> file), each a
+    file beside the index; a damaged or foreign index is an error naming it."""
+    folder = os.path.dirname(index_path)
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"cannot read the shard index {index_path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"the shard index {index_path} is not valid JSON ({e}); is the download complete?") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(
+            f"the shard index {index_path} has no weight_map (tensor name -> shard file); "
+            "is it a Hugging Face *.index.json? Download it again"
+        )
+    bad = sorted({repr(v) for v in weight_map.values() if not isinstance(v, str) or os.path.basename(v) != v or not v})
+    if bad:
+        raise ConversionError(f"the shard index {index_path} names shards that are not file names in its folder: "
+                              f"{_describe(bad, 5)}")
+    shards = sorted(set(weight_map.values()))
+    missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+    if missing:
+        raise ConversionError(f"the shard index {index_path} names {_describe(missing, 5)}, not in {folder}; "
+                              "download the missing shards")
+    return shards
 
 
 def read_hf_config(folder: str) -> dict:

@@ -224,3 +224,54 @@ def test_a_damaged_shard_index_is_named(tmp_path, capsys, index, message):
     assert err.count("\n") == 1 and err.startswith(f"error: the shard index {folder / 'model.safetensors.index.json'} ")
     assert re.search(message, err), err
     assert _nothing_written(tmp_path)
+
+
+class _RunsCode:
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.mark}",)
+
+
+def test_a_pth_that_refers_to_code_is_refused_without_advice_to_trust_it(tmp_path, capsys):
+    src = str(tmp_path / "model.pth")
+    torch.save({"cls_token": torch.zeros(1), "payload": _RunsCode(tmp_path / "ran")}, src)
+    assert convert.main(["dinov2", "--src", src, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot read {src} as a PyTorch checkpoint: it is not a file of tensors")
+    assert "system" in err  # what the file refers to
+    assert not re.search(r"weights.?only|trust|allowlist|safe_globals", err, re.IGNORECASE), err
+    assert not (tmp_path / "ran").exists() and _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("text", [
+    # torch 2.4-2.5
+    "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it "
+    "can result in arbitrary code execution. Do it only if you got the file from a trusted source.\n Please file an issue "
+    "with the following so that we can make `weights_only=True` compatible with your use case: WeightsUnpickler error: "
+    "Unsupported global: GLOBAL posix.system was not an allowed global by default. Please use "
+    "`torch.serialization.add_safe_globals([system])` to allowlist this global if you trust this class/function.\n\n"
+    "Check the documentation of torch.load to learn more about types accepted by default with weights_only "
+    "https://pytorch.org/docs/stable/generated/torch.load.html.",
+    # torch 2.6-2.8
+    "Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those steps only "
+    "if you trust the source of the checkpoint\x1b[0m. \n\t(1) In PyTorch 2.6, we changed the default value of the "
+    "`weights_only` argument in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to "
+    "`False` will likely succeed, but it can result in arbitrary code execution. Do it only if you got the file from a "
+    "trusted source.\n\t(2) Alternatively, to load with `weights_only=True` please check the recommended steps in the "
+    "following error message.\n\tWeightsUnpickler error: Unsupported global: GLOBAL posix.system was not an allowed "
+    "global by default. Please use `torch.serialization.add_safe_globals([system])` or the "
+    "`torch.serialization.safe_globals([system])` context manager to allowlist this global if you trust this "
+    "class/function.\n\nCheck the documentation of torch.load to learn more about types accepted by default with "
+    "weights_only https://pytorch.org/docs/stable/generated/torch.load.html.",
+], ids=["torch2.4", "torch2.6"])
+def test_earlier_wordings_of_the_refusal_lose_their_advice_too(text):
+    import pickle
+
+    from segic_jax.conversion.core import _torch_reason
+
+    reason = _torch_reason(pickle.UnpicklingError(text))
+    assert reason.startswith("it is not a file of tensors (Unsupported global: GLOBAL posix.system was not an allowed "
+                             "global by default.)"), reason
+    assert "\n" not in reason and not re.search(r"weights.?only|trust|allowlist|safe_globals", reason, re.IGNORECASE)

@@ -162,15 +162,31 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+# Sentences of torch.load's refusal that advise loading the file some other way: with
+# weights_only=False (which runs whatever code the file holds), or by allow-listing what it names.
+# They are dropped whatever their wording, which changes between torch releases.
+_ADVICE = re.compile(
+    r"weights.?only|trust|arbitrary code|safe_globals|allowlist|allow-list|documentation|https?://|two options"
+    r"|file an issue",
+    re.IGNORECASE,
+)
+
+
 def _torch_reason(error: Exception) -> str:
-    """What torch.load's error says about the file, without its advice to load with weights_only=False
-    (which would run whatever code the file holds: never do that with a file you did not make)."""
+    """What torch.load's error says about the file, on one line, without any advice to load it with
+    weights_only=False (which would run whatever code the file holds: never do that with a file you
+    did not make) or to allow-list what it refers to."""
+    import pickle
+
     text = str(error)
-    if "Weights only load failed" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0].strip()
-        return (f"it is not a file of tensors ({detail or 'refused by the safe loader'}); "
-                "it may be damaged, or not a PyTorch checkpoint")
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    refused = isinstance(error, pickle.UnpicklingError) or bool(_ADVICE.search(text))
+    text = re.sub(r"WeightsUnpickler error:\s*", "\n", text)  # the finding, after a lead-in of advice
+    sentences = [s.strip() for line in text.splitlines() for s in re.split(r"(?<=[.!?])\s+", line)]
+    kept = " ".join(s for s in sentences if s and not _ADVICE.search(s))
+    if refused:
+        return (f"it is not a file of tensors ({kept or 'refused by the safe loader'}); it may be damaged, "
+                "or hold objects other than tensors, which are never loaded")
+    return kept or type(error).__name__
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:

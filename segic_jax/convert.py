@@ -15,11 +15,15 @@ The released SEGIC can also be fetched and converted in one step: python -m segi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import time
 
-from segic_jax import checkpoints
+from segic_jax import atomic_files, checkpoints
 from segic_jax.conversion import clip_text, dinov2, segic
+from segic_jax.conversion.core import ConversionError, check_can_write, failed_write, quiet_writer_threads
 from segic_jax.models import bundle
 from segic_jax.models.clip_text import ClipTextModel
 from segic_jax.models.dinov2 import Dinov2
@@ -67,9 +71,48 @@ def check_arguments(args) -> None:
             raise ValueError(f"{os.path.abspath(args.out)} already exists; pass --overwrite to replace it")
         sources = [getattr(args, flag, None) for flag in ("src", "dinov2", "clip")]
         bundle.check_replaceable(args.out, [s for s in sources if s])
+    # --out is written beside itself, under a temporary name, and renamed: its folder must take it
+    check_can_write(os.path.dirname(os.path.abspath(args.out)), "--out", os.path.abspath(args.out))
     size = getattr(args, "image_size", None)
     if size is not None and (size <= 0 or size % 14):
         raise ValueError(f"--image-size must be a positive multiple of 14 (DINOv2's patch), got {size}")
+
+
+@contextlib.contextmanager
+def writing(out: str):
+    """The write of --out: a failure of the disk (full, read-only, not ours) is a ConversionError
+    naming --out and what to do, reported on one line; the write leaves nothing behind
+    (`atomic_files.atomic_directory`)."""
+    out = os.path.abspath(out)
+    with quiet_writer_threads():
+        try:
+            yield
+        except Exception as e:
+            _remove_own_partials(out)
+            failure = failed_write(e)
+            if failure is None:
+                raise
+            reason, no_space = failure
+            fix = ("free space on that disk or give an --out on another one" if no_space
+                   else "give an --out in a folder you can write to")
+            raise ConversionError(f"cannot write --out {out}: {reason}; {fix} (nothing was written)") from None
+
+
+def _remove_own_partials(out: str, settle_s: float = 0.5, limit_s: float = 10.0) -> None:
+    """Remove this process's temporary folders of `out` until none has come back for `settle_s`. The
+    write's own cleanup has removed its folder already, but tensorstore's threads go on with the
+    writes in flight after orbax reports a failure, and may make parts of it again."""
+    parent, prefix = os.path.dirname(out), f"{atomic_files._partial_prefix(out)}{os.getpid()}-"
+    start = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle_s and time.monotonic() - start < limit_s:
+        try:
+            mine = [n for n in os.listdir(parent) if n.startswith(prefix)]
+        except OSError:
+            return
+        for name in mine:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            quiet_since = time.monotonic()
+        time.sleep(0.05)
 
 
 def main(argv=None) -> int:
@@ -85,18 +128,19 @@ def main(argv=None) -> int:
             config, params = dinov2.convert(args.src, overrides=overrides)
             model_cls, extra = Dinov2, {}
         elif args.model == "segic":
-            out = segic.convert_all(
-                args.src, args.dinov2, args.clip, args.out, image_size=args.image_size, overwrite=args.overwrite
-            )
+            converted = segic.read_all(args.src, args.dinov2, args.clip, image_size=args.image_size)
+            with writing(args.out):
+                out = segic.save(converted, args.out, overwrite=args.overwrite)
             print(f"wrote SEGIC (head, dinov2, clip_text) to {out}")
             return 0
         else:
             config, params, extra = clip_text.convert(args.src)
             model_cls = ClipTextModel
-        out = checkpoints.save_model(
-            args.out, model_cls, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite,
-            replaceable=lambda p: bundle.check_replaceable(p, [args.src]),
-        )
+        with writing(args.out):
+            out = checkpoints.save_model(
+                args.out, model_cls, config, params, source=args.src, extra_files=extra, overwrite=args.overwrite,
+                replaceable=lambda p: bundle.check_replaceable(p, [args.src]),
+            )
     except (ValueError, FileExistsError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -45,6 +45,8 @@ def files(tmp_path_factory):
     (foreign / "thesis.tex").write_text("months of work")
     (root / "src_inside").mkdir()
     (root / "src_inside" / "model.pth").write_bytes(rng.bytes(64))
+    (root / "read_only").mkdir()  # its cases are left out where chmod does not stop writes (as root)
+    (root / "read_only").chmod(0o555)
     write_coco(str(root / "coco"), rng)  # train only: no instances_val2017.json
     busy = root / "busy_workdir"
     busy.mkdir()
@@ -116,6 +118,9 @@ def cases(f, tmp):
         ("convert_src_inside_out", [*CONVERT, "dinov2", "--src", str(f / "src_inside" / "model.pth"), "--out", str(f / "src_inside"), "--overwrite"], 1, r"refusing to replace .*src_inside: it holds .*model\.pth", []),
         ("convert_random_pth", [*CONVERT, "dinov2", "--src", str(f / "random.pth"), "--out", out], 1, r"cannot read .*random\.pth as a PyTorch checkpoint: it is not a file of tensors", [out]),
         ("convert_image_size", [*convert_segic, "--out", out, "--image-size", "0"], 1, r"--image-size must be a positive multiple of 14", [out]),
+        *([("convert_out_read_only", [*CONVERT, "dinov2", "--src", str(f / "random.pth"), "--out", str(f / "read_only" / "out")], 1,
+            r"cannot write --out .*read_only/out: .*read_only is not writable by you; choose another --out", [])]
+          if not os.access(f / "read_only", os.W_OK) else []),
         # dataset builds
         ("build_unknown", [*BUILD, "cocoo", "--data_dir", str(tmp / "d")], 1, r"unknown dataset 'cocoo'", [str(tmp / "d")]),
         ("build_no_manual_dir", [*BUILD, "coco_instances", "--data_dir", str(tmp / "d")], 1, r"coco_instances is built from your files: give --manual_dir", [str(tmp / "d")]),

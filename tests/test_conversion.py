@@ -1,10 +1,12 @@
 """Converter errors, atomic writes and the command line."""
 
+import errno
 import json
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +208,87 @@ def test_cli_converts_a_clip_folder(tmp_path, capsys):
 
     model = clip_text.load(str(tmp_path / "out"))
     assert (model.cfg.vocab_size, model.cfg.width, model.cfg.depth, model.cfg.eos_token_id) == (500, 32, 1, 499)
+
+
+def _error_lines(err):
+    return [line for line in err.splitlines() if "error" in line.lower()]
+
+
+class _FailingCheckpointer:
+    """orbax's checkpointer as it fails on a full or read-only disk: part of the tree written, an
+    absl ERROR logged by a writer thread, an "Event loop is closed" left to a callback, the error
+    raised, and a write still in flight that makes a file in the temporary folder afterwards."""
+
+    def __init__(self, error):
+        self.error, self.late = error, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def save(self, path, tree):
+        import threading
+        import time
+
+        from absl import logging as absl_logging
+
+        os.makedirs(os.path.join(path, "d"))
+        (Path(path) / "d" / "shard").write_bytes(b"0" * 1000)
+        absl_logging.error("_SignalingThread.run() raised an exception: %s", self.error)
+
+        class Callback:
+            def __del__(self):
+                raise RuntimeError("Event loop is closed")
+
+        Callback()
+
+        def in_flight():
+            time.sleep(0.15)
+            os.makedirs(os.path.join(path, "d"), exist_ok=True)
+            (Path(path) / "d" / "late").write_bytes(b"1")
+
+        self.late = threading.Thread(target=in_flight)
+        self.late.start()
+        raise self.error
+
+
+@pytest.mark.parametrize("error,reason,fix", [
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system", "give an --out in a folder you can write to"),
+    # what tensorstore raises under orbax on a full disk
+    (ValueError("RESOURCE_EXHAUSTED: Error writing \"cls_token/0.0.0\" in OCDBT database at local file \"/x/\": "
+                "Failed to write 1327837 bytes to file 11: No space left on device [os_error_code='28']"),
+     "No space left on device", "free space on that disk"),
+], ids=["erofs", "tensorstore_enospc"])
+def test_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tmp_path, hub_state, monkeypatch, capfd, error, reason, fix):
+    src = _write(tmp_path, hub_state)
+    capfd.readouterr()
+    failing = _FailingCheckpointer(error)
+    monkeypatch.setattr(checkpoints, "_checkpointer", lambda: failing)
+    out = tmp_path / "out"
+    assert convert.main(["dinov2", "--src", src, "--out", str(out)]) == 1
+    failing.late.join()
+    err = capfd.readouterr().err
+    assert _error_lines(err) == [line for line in err.splitlines() if line.startswith("error: ")], err
+    (line,) = _error_lines(err)
+    assert f"cannot write --out {out}: {reason}" in line and fix in line and "nothing was written" in line
+    assert "Traceback" not in err and "Event loop" not in err
+    assert _nothing_written(tmp_path), os.listdir(tmp_path)
+
+
+def test_a_read_only_out_folder_fails_before_reading(tmp_path, monkeypatch, capsys):
+    # as root, chmod does not stop writes: the check is shown the folder as the system would report it
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(folder) else access(p, mode, **kw))
+    (tmp_path / "random.pth").write_bytes(b"not read")
+    assert convert.main(["dinov2", "--src", str(tmp_path / "random.pth"), "--out", str(folder / "a" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: cannot write --out {folder / 'a' / 'out'}: {folder} is not writable by you; "
+                           "choose another --out")
+    assert os.listdir(folder) == []
 
 
 @pytest.mark.parametrize("index,message", [

@@ -8,7 +8,7 @@ Names follow the reference (`neck.{0,1,2,3}`, SAM's `prompt_encoder` and `mask_d
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -119,12 +119,19 @@ def convert_head(src: str, *, image_size: int = 896, progress: bool = True):
     return config, params
 
 
-def convert_all(
-    segic: str, dinov2: str, clip: str, out: str, *, image_size: int = 896, overwrite: bool = False,
-    progress: bool = True,
-) -> str:
-    """Convert the head, the DINOv2 it was trained with and the CLIP text tower into one converted
-    SEGIC directory (`models.bundle`), written only when all three convert."""
+class Converted(NamedTuple):
+    """The three models of a SEGIC, converted and checked, to write with `save`."""
+
+    head: bundle.Part
+    encoder: bundle.Part
+    text_model: bundle.Part
+    tokenizer_files: dict[str, str]
+    inputs: tuple[str, ...]  # the files read, which an --overwrite must never delete
+
+
+def read_all(segic: str, dinov2: str, clip: str, *, image_size: int = 896, progress: bool = True) -> Converted:
+    """Convert the head, the DINOv2 it was trained with and the CLIP text tower, checking that they
+    fit together; nothing is written."""
     head_cfg, head = convert_head(segic, image_size=image_size, progress=progress)
     # SEGIC ran the hub DINOv2; keep the hub's resampling even for weights from Hugging Face.
     hub_resampling = {"interpolate_offset": 0.1, "interpolate_antialias": False}
@@ -137,7 +144,21 @@ def convert_all(
             f"the SEGIC head expects {head_cfg.vision_dim}-d vision and {head_cfg.text_dim}-d text features; "
             f"{dinov2} gives {dino_cfg.embed_dim}-d and {clip} {clip_cfg.width}-d"
         )
-    return bundle.save(
-        out, bundle.Part(head_cfg, head, segic), bundle.Part(dino_cfg, dino, dinov2), bundle.Part(clip_cfg, text, clip),
-        tokenizer_files=tokenizer_files, overwrite=overwrite, inputs=[segic, dinov2, clip],
-    )
+    return Converted(bundle.Part(head_cfg, head, segic), bundle.Part(dino_cfg, dino, dinov2),
+                     bundle.Part(clip_cfg, text, clip), tokenizer_files, (segic, dinov2, clip))
+
+
+def save(converted: Converted, out: str, *, overwrite: bool = False) -> str:
+    """Write what `read_all` converted as one converted SEGIC directory (`models.bundle`), whole or not
+    at all. Returns its absolute path."""
+    return bundle.save(out, converted.head, converted.encoder, converted.text_model,
+                       tokenizer_files=converted.tokenizer_files, overwrite=overwrite, inputs=list(converted.inputs))
+
+
+def convert_all(
+    segic: str, dinov2: str, clip: str, out: str, *, image_size: int = 896, overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Convert the head, the DINOv2 it was trained with and the CLIP text tower into one converted
+    SEGIC directory (`models.bundle`), written only when all three convert."""
+    return save(read_all(segic, dinov2, clip, image_size=image_size, progress=progress), out, overwrite=overwrite)

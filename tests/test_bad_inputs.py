@@ -129,6 +129,9 @@ def cases(f, tmp):
          r"missing .*instances_val2017\.json \(the val split\)\. To build only what you have: --splits train", [str(tmp / "d" / "coco_instances")]),
         ("build_unknown_split", [*BUILD, "coco_instances", "--manual_dir", str(f / "coco"), "--data_dir", str(tmp / "d"), "--splits", "test"], 1,
          r"coco_instances has no split test; its splits are train, val", [str(tmp / "d" / "coco_instances")]),
+        *([("build_data_dir_read_only", [*BUILD, "synthetic_incontext/tiny", "--data_dir", str(f / "read_only" / "d")], 1,
+            r"cannot write --data_dir .*read_only/d: .*read_only is not writable by you; choose another --data_dir", [])]
+          if not os.access(f / "read_only", os.W_OK) else []),
         # the released model
         ("pretrained_unknown", [*PRETRAINED, "segic_vit_h"], 2, r"invalid choice: 'segic_vit_h'", []),
         ("pretrained_image_size", [*PRETRAINED, "--image_size", "100"], 1, r"image_size must be a positive multiple of 14", []),

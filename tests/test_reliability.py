@@ -134,3 +134,115 @@ def test_reading_a_missing_builtin_dataset_never_builds_it(tmp_path):
                                                  r"synthetic_incontext/tiny --data_dir"):
         data_source("synthetic_incontext/tiny", "test", str(tmp_path / "data"))
     assert not (tmp_path / "data").exists()  # no folders made, nothing downloaded or built
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "synthetic_incontext/tiny"
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("error,reason,fix", [
+    (OSError(28, "No space left on device"), "No space left on device", "free space there or give a --data_dir on another disk"),
+    # what TFDS's array_record writer raises on a full disk
+    (RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device; writing '
+                  "x.array_record-00000-of-00001; at byte 258048; Failed to close chunk_writer"),
+     "No space left on device", "free space there"),
+    (OSError(30, "Read-only file system"), "Read-only file system", "give a --data_dir you can write to"),
+], ids=["enospc", "array_record_enospc", "erofs"])
+def test_a_full_or_read_only_data_dir_is_one_line_and_keeps_nothing(tmp_path, monkeypatch, capfd, error, reason, fix):
+    import tensorflow_datasets as tfds
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("the user's")
+
+    def write_fails(self, *args, **kwargs):  # the build's last write, after every shard
+        raise error
+
+    monkeypatch.setattr(tfds.core.DatasetInfo, "write_to_directory", write_fails)
+    assert build_cli.main([TINY, "--data_dir", str(data)]) == 1
+    line = _one_error_line(capfd.readouterr().err)
+    assert line == f"error: cannot write {TINY} in --data_dir {data}: {reason}; " + line.split("; ", 1)[1] and fix in line
+    assert os.listdir(data) == ["notes.txt"]  # no dataset folder, temporary folder, lock or downloads/
+
+
+def test_a_read_only_data_dir_fails_before_building(tmp_path, monkeypatch, capsys):
+    # as root, chmod does not stop writes: the check is shown the folder as the system would report it
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(folder) else access(p, mode, **kw))
+    assert build_cli.main([TINY, "--data_dir", str(folder / "data")]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: cannot write --data_dir {folder / 'data'}: {folder} is not writable "
+                                               "by you; choose another --data_dir")
+    assert os.listdir(folder) == []
+
+
+def _dataset_info(data):
+    return os.path.join(build_cli.make_builder(TINY, str(data)).data_dir, "dataset_info.json")
+
+
+def test_a_second_build_waits_for_the_first_and_uses_its_dataset(tmp_path):
+    data = tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    code = "import sys; from segic_jax.data import build; build.ensure_builtin([sys.argv[1]], sys.argv[2])"
+    second = None
+    try:
+        with build_cli.dataset_lock("synthetic_incontext", str(data)):  # this test is the first build
+            second = subprocess.Popen([sys.executable, "-c", code, TINY, str(data)], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            said = ""
+            while "waiting for" not in said and second.poll() is None:  # past any warnings of its imports
+                said = second.stderr.readline()
+            assert said.startswith(f"waiting for process {os.getpid()}, which is building synthetic_incontext in {data}"), said
+            # the first build writes its temporary folder while the second waits
+            build_cli.build(TINY, None, str(data), progress=False)
+            first = os.stat(_dataset_info(data))
+            assert second.poll() is None
+        out, err = second.communicate(timeout=120)
+    finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0, err
+    assert "building" not in out  # it found the dataset built
+    assert os.stat(_dataset_info(data)).st_ino == first.st_ino
+
+
+def test_a_build_waits_for_a_killed_one_and_then_builds(tmp_path, capsys):
+    import signal
+    import threading
+
+    data = tmp_path / "data"
+    code = ("import sys, time; from segic_jax.data import build\n"
+            "with build.dataset_lock('synthetic_incontext', sys.argv[1]):\n"
+            "    print('holding', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(data)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        stale = data / "synthetic_incontext" / "tiny" / "incomplete.KILLED_1.0.0"  # what the killed build leaves
+        stale.mkdir(parents=True)
+        result = []
+        build = threading.Thread(target=lambda: result.append(build_cli.main([TINY, "--data_dir", str(data)])))
+        build.start()
+        said = ""
+        for _ in range(400):
+            said += capsys.readouterr().err
+            if "waiting for" in said or not build.is_alive():
+                break
+            build.join(0.05)
+        assert f"waiting for process {holder.pid}, which is building synthetic_incontext in {data}" in said, said
+        build.join(0.3)
+        assert build.is_alive() and stale.exists()  # waits, and leaves the holder's folder alone
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    build.join(120)
+    assert result == [0] and not stale.exists()
+    assert os.path.exists(_dataset_info(data))

@@ -50,6 +50,9 @@ DEMO_COMMAND = f"python main.py --config configs/segic.py --workdir {DEMO_WORKDI
 DEFAULT_PORT = 7860
 KEPT_RUNS = 16  # output folders of earlier presses kept for their download links
 SLOT = 4  # the page's values per reference slot: image file, painting, mask file, class name
+# the pictures' captions (target file name, class) wrap rather than end in "..."
+PAGE_CSS = ("#overlays .caption-label, #propagated .caption-label "
+            "{white-space: normal; overflow-wrap: anywhere; text-overflow: clip; max-width: 95%}")
 
 
 class Reference(NamedTuple):
@@ -320,10 +323,11 @@ def build_page(session: Session, model_note: str):
                 load_example = gr.Button("Load a synthetic example", elem_id="example")
                 status = gr.Markdown(elem_id="status")
         with gr.Row():
-            overlays = gr.Gallery(label="masks over the targets", elem_id="overlays", format="png", columns=3,
-                                  height=360)
+            # whole pictures (a single target is not cropped to the gallery's width), their legends readable
+            shown = dict(format="png", columns=3, height="auto", object_fit="contain", preview=False)
+            overlays = gr.Gallery(label="masks over the targets", elem_id="overlays", **shown)
             propagated = gr.Gallery(label="propagated masks (red high) with their point prompts", elem_id="propagated",
-                                    format="png", columns=3, height=360)
+                                    **shown)
         mask_files = gr.File(label="binary masks (PNG, 0/255 at each target's size)", elem_id="masks",
                              file_count="multiple", interactive=False)
         inputs = [c for i in range(MAX_REFERENCES) for c in (images[i], editors[i], masks[i], names[i])] + [targets]
@@ -363,7 +367,7 @@ def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int =
         page = build_page(Session(predictor, out_dir), note)
         try:
             page.launch(server_name=host, server_port=port, share=share, ssr_mode=False, allowed_paths=[out_dir],
-                        quiet=True, prevent_thread_lock=True, mcp_server=False, pwa=False)
+                        quiet=True, prevent_thread_lock=True, mcp_server=False, pwa=False, css=PAGE_CSS)
         except OSError:  # Gradio's message names its own settings, not this command's flags
             raise ValueError(f"cannot listen on {host}:{port}: the port is in use or the address is not this "
                              "machine's; give another --port (or --host)") from None

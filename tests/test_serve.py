@@ -26,11 +26,19 @@ from segic_jax.data.images import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+LONG = "b_a_long_name_as_cameras_phones_and_scanners_give_their_pictures_IMG_20261207_093512_from_the_holiday_album"  # a target's file name, its caption
 
 
 @pytest.fixture
 def session(predictor, tmp_path):
     return serve.Session(predictor, str(tmp_path / "out"))
+
+
+@pytest.fixture(scope="module")
+def page(predictor, tmp_path_factory):
+    """The page's Blocks (not launched) and its components by elem_id."""
+    blocks = serve.build_page(serve.Session(predictor, str(tmp_path_factory.mktemp("page"))), "a test model")
+    return blocks, {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
 
 
 def _scene(rng, h, w, box=(0.25, 0.75, 0.2, 0.5)):
@@ -202,6 +210,14 @@ def test_bad_input_is_a_readable_message_and_the_page_carries_on(session, tmp_pa
     assert "context reused" in status and "the painting is not" in status
 
 
+def test_the_galleries_show_whole_pictures(page):
+    _, components = page
+    for name in ("overlays", "propagated"):
+        config = components[name].get_config()
+        # "cover" (Gradio's default) cut a single target to the gallery's width, its legend and caption with it
+        assert (config["object_fit"], config["preview"], config["height"], config["columns"]) == ("contain", False, "auto", 3)
+
+
 def test_without_a_checkpoint_the_demo_export_or_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         serve.checkpoint_dir(None, demo_export=str(tmp_path / "export"))
@@ -280,7 +296,7 @@ def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, were it ever asked, may not download
     ref, mask = _scene(rng, 70, 90)
     paths = dict(ref=_save(tmp_path / "ref.png", ref), mask=_save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255),
-                 a=_save(tmp_path / "a.png", _scene(rng, 60, 80)[0]), b=_save(tmp_path / "b.png", _scene(rng, 80, 64)[0]))
+                 a=_save(tmp_path / "a.png", _scene(rng, 60, 80)[0]), b=_save(tmp_path / f"{LONG}.png", _scene(rng, 80, 64)[0]))
     expected = predictor.segment([load_image(paths["a"]), load_image(paths["b"])],
                                  predictor.encode_context([ref], [mask], binarize=False))
     server, url, lines, log = _start_server(checkpoint, tmp_path)
@@ -301,13 +317,13 @@ def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor
         toast = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid='toast-text']")))
         assert "no target: upload at least one target image" in toast.text
         upload("targets", paths["a"], paths["b"])
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#targets td[aria-label='b.png']")))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#targets td[aria-label='{LONG}.png']")))
         browser.find_element(By.ID, "segment").click()
         links = lambda _: [a for a in browser.find_elements(By.CSS_SELECTOR, "#masks a") if "_mask0.png" in a.get_attribute("href")]
         found = wait.until(lambda b: len(links(b)) == 2 and links(b))
         assert "context encoded from 1 reference" in browser.find_element(By.ID, "status").text
         hrefs = {os.path.basename(a.get_attribute("href")): a.get_attribute("href") for a in found}
-        assert sorted(hrefs) == ["a_mask0.png", "b_mask0.png"]
+        assert sorted(hrefs) == ["a_mask0.png", f"{LONG}_mask0.png"]
         for name, pred in zip(sorted(hrefs), expected):
             with urllib.request.urlopen(hrefs[name], timeout=30) as response:
                 downloaded = np.asarray(Image.open(io.BytesIO(response.read())))
@@ -317,6 +333,14 @@ def test_the_page_in_a_browser_returns_the_predictors_mask(checkpoint, predictor
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "context reused"))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#overlays img")) >= 2
         assert len(browser.find_elements(By.CSS_SELECTOR, "#propagated img")) >= 2
+        # the pictures whole (not cropped to their cells), their captions whole (wrapped, not cut with "...")
+        for picture in browser.find_elements(By.CSS_SELECTOR, "#overlays img, #propagated img"):
+            assert browser.execute_script("return getComputedStyle(arguments[0]).objectFit", picture) == "contain"
+        captions = browser.find_elements(By.CSS_SELECTOR, "#overlays .caption-label, #propagated .caption-label")
+        assert sorted(c.text for c in captions) == ["a", "a", LONG, LONG]
+        for caption in captions:
+            assert browser.execute_script("const s = getComputedStyle(arguments[0]); return [s.whiteSpace, "
+                                          "arguments[0].scrollWidth <= arguments[0].clientWidth]", caption) == ["normal", True]
         browser.save_screenshot(str(tmp_path / "page.png"))
         # nothing was asked of any host but the server
         requested = [json.loads(e["message"])["message"]["params"].get("request", {}).get("url", "")

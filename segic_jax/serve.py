@@ -18,6 +18,15 @@ log say "context reused"). Without --checkpoint the page serves the demo export 
 first set-up command trains into /tmp/segic_demo (random-weight encoders, a head trained on synthetic
 shapes: it segments shapes like those of "Load a synthetic example", not photos).
 
+Each upload may be up to 50 MB (`serve(max_upload_mb=...)`; the server cuts a larger one off as it
+arrives) and every image is measured from its header before it is decoded (data/images.py's pixel
+budget): Gradio's own image components, which decode what they receive, never see an upload. A file
+that cannot be used (not an image, empty, too large, a mask of another size) is said in the page in
+one line naming it, without a traceback in the server's log: a reference image or mask as soon as it
+is uploaded (an uploaded mask is shown over its image), any file when Segment is pressed. What the
+page and Gradio write goes to one temporary folder of the run, removed when the server stops cleanly
+(Ctrl-C, SIGTERM).
+
 Gradio is imported only when the page is built: reading uploads, the context cache and the pictures
 are plain Python (`Session`, `read_inputs`), and model or inference code never imports Gradio. The page
 runs with Gradio's analytics off and fetches nothing from the internet; --share (a public link through
@@ -27,7 +36,9 @@ Gradio's servers) is off unless asked for.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -35,11 +46,14 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from segic_jax import atomic_files, visualize
+from segic_jax.data import images
 from segic_jax.data.images import load_image, load_mask
 from segic_jax.inference.predictor import Context, Predictor, concept_stacks
 
@@ -50,9 +64,12 @@ DEMO_COMMAND = f"python main.py --config configs/segic.py --workdir {DEMO_WORKDI
 DEFAULT_PORT = 7860
 KEPT_RUNS = 16  # output folders of earlier presses kept for their download links
 SLOT = 4  # the page's values per reference slot: image file, painting, mask file, class name
+PREVIEW_SIDE = 512  # the longer side of the uploaded mask's preview
+DEFAULT_MAX_UPLOAD_MB = 50  # the largest file the page accepts, each
 # the pictures' captions (target file name, class) wrap rather than end in "..."
 PAGE_CSS = ("#overlays .caption-label, #propagated .caption-label "
             "{white-space: normal; overflow-wrap: anywhere; text-overflow: clip; max-width: 95%}")
+GRADIO_TEMP_VARIABLE = "GRADIO_TEMP_DIR"  # where Gradio keeps uploads and the pictures it serves
 
 
 class Reference(NamedTuple):
@@ -76,20 +93,24 @@ class Result(NamedTuple):
 # --- reading what the page sends ----------------------------------------------------------
 
 
-def _named_errors(load, path: str, *args):
+def _named_errors(load, path: str, *args, what: str = ""):
     """`load(path, *args)` with the upload's temporary folder cut from any message (the user knows
-    the file by its name)."""
+    the file by its name), the message led by `what` ("reference 1: ") where given. An empty (0-byte)
+    file, as a failed or cancelled upload leaves, is said to be one."""
+    name = os.path.basename(path)
     try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise ValueError(f"{name} is an empty file (0 bytes): upload it again")
         return load(path, *args)
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(str(e).replace(path, os.path.basename(path))) from None
+        raise ValueError(what + str(e).replace(path, name)) from None
 
 
 def _painting(editor, image_hw: tuple[int, int], index: int) -> np.ndarray:
-    """The painted mask of an ImageEditor value ({"background", "layers", "composite"} of numpy
-    arrays; its layers RGBA): alpha > 127 in any layer, checked against the reference image's size.
-    The editor shows the uploaded reference image (the page copies it there), so a painting of
-    another size was made on an earlier image or on the empty canvas."""
+    """The painted mask of an ImageEditor value ({"background", "layers", "composite"}; its layers
+    RGBA numpy arrays): alpha > 127 in any layer, checked against the reference image's size. The
+    editor shows the uploaded reference image (the page copies it there), so a painting of another
+    size was made on an earlier image or on the empty canvas."""
     painted = np.zeros(image_hw, bool)
     for layer in _brush_layers(editor):
         if layer.shape[:2] != tuple(image_hw):
@@ -105,28 +126,45 @@ def _brush_layers(editor) -> list[np.ndarray]:
     return [layer for layer in layers if layer.ndim == 3 and layer.shape[-1] == 4 and (layer[..., 3] > 127).any()]
 
 
+def class_name(index: int, name: str | None) -> tuple[str, str | None]:
+    """A reference's class name as typed -> (the name on one line, a note if it was changed). Line
+    breaks and tabs (a pasted name, or one sent through the API) become single spaces, as the
+    predict command's --class_name is one line; other control characters are refused."""
+    typed = (name or "").strip()
+    one_line = " ".join(typed.split())
+    bad = sorted({c for c in one_line if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"reference {index}: the class name {one_line!r} contains the control character"
+                         f"{'s' * (len(bad) > 1)} {', '.join(repr(c) for c in bad)}; type the name again")
+    note = None
+    if one_line != typed:
+        note = f"reference {index}: the class name is used on one line, as {one_line!r} (line breaks and tabs become spaces)"
+    return one_line, note
+
+
 def read_reference(index: int, image_file: str | None, editor, mask_file: str | None,
-                   name: str | None) -> tuple[Reference | None, str | None]:
+                   name: str | None) -> tuple[Reference | None, list[str]]:
     """One reference slot of the page (1-based `index`): the uploaded image file, the painting over
-    it, an uploaded mask file and a class name -> the reference (None for an unused slot) and a note
-    for the user, if any. An uploaded mask file wins over the painting."""
-    name = (name or "").strip()
+    it, an uploaded mask file and a class name -> the reference (None for an unused slot) and notes
+    for the user. An uploaded mask file wins over the painting."""
+    name, name_note = class_name(index, name)
+    notes = [name_note] if name_note else []
+    what = f"reference {index}: "
     if not image_file:
         if mask_file or name or _brush_layers(editor):
-            raise ValueError(f"reference {index}: upload the reference image (its painting, mask or name has no image)")
-        return None, None
-    image = _named_errors(load_image, image_file)
+            raise ValueError(f"{what}upload the reference image (its painting, mask or name has no image)")
+        return None, []
+    image = _named_errors(load_image, image_file, what=what)
     painted = _painting(editor, image.shape[:2], index)
-    note = None
     if mask_file:
-        mask = _named_errors(load_mask, mask_file, image.shape[:2], f"reference {index}")
+        mask = _named_errors(load_mask, mask_file, image.shape[:2], f"reference {index}", what=what)
         if painted.any():
-            note = f"reference {index}: the uploaded mask {os.path.basename(mask_file)} is used, the painting is not"
+            notes.append(f"{what}the uploaded mask {os.path.basename(mask_file)} is used, the painting is not")
     elif painted.any():
         mask = painted
     else:
         raise ValueError(f"reference {index} has no mask: paint over the object in the editor or upload a mask image")
-    return Reference(image, mask, name), note
+    return Reference(image, mask, name), notes
 
 
 def read_targets(paths: Sequence[str] | None) -> list[Target]:
@@ -135,7 +173,7 @@ def read_targets(paths: Sequence[str] | None) -> list[Target]:
         raise ValueError("no target: upload at least one target image to segment")
     targets, seen = [], collections.Counter()
     for path in paths:
-        image = _named_errors(load_image, path)
+        image = _named_errors(load_image, path, what="target ")
         stem = os.path.splitext(os.path.basename(path))[0]
         seen[stem] += 1
         targets.append(Target(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}", image))
@@ -147,11 +185,10 @@ def read_inputs(values: Sequence) -> tuple[list[Reference], list[Target], list[s
     slot, then the target files) -> references, targets and notes; a ValueError says what to fix."""
     references, notes = [], []
     for i in range(MAX_REFERENCES):
-        reference, note = read_reference(i + 1, *values[SLOT * i: SLOT * i + SLOT])
+        reference, slot_notes = read_reference(i + 1, *values[SLOT * i: SLOT * i + SLOT])
         if reference is not None:
             references.append(reference)
-        if note:
-            notes.append(note)
+        notes += slot_notes
     if not references:
         raise ValueError("no reference: upload a reference image and paint (or upload) the mask of what to find")
     named = [bool(r.name) for r in references]
@@ -159,6 +196,21 @@ def read_inputs(values: Sequence) -> tuple[list[Reference], list[Target], list[s
         raise ValueError("name the class of every reference or of none (references with the same name are shots "
                          "of one class; without names each reference is its own concept)")
     return references, read_targets(values[-1]), notes
+
+
+def mask_preview(index: int, image: np.ndarray, mask_file: str, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """What the page shows of an uploaded mask: the mask tinted over its reference image (as read by
+    `load_image`), scaled to at most `side` pixels a side. The mask is read as the Segment button reads
+    it (a ValueError says what is wrong with it)."""
+    mask = _named_errors(load_mask, mask_file, image.shape[:2], f"reference {index}", what=f"reference {index}: ")
+    picture = visualize.mask_overlay(image, mask)
+    if max(picture.shape[:2]) > side:
+        from PIL import Image
+
+        small = Image.fromarray(picture)
+        small.thumbnail((side, side))
+        picture = np.asarray(small)
+    return picture
 
 
 # --- the model side -----------------------------------------------------------------------
@@ -264,6 +316,75 @@ def _import_gradio():
     return gr
 
 
+def _layer_rgba(layer) -> np.ndarray:
+    """A painted layer of the editor (a file Gradio received, or the bytes the browser sent) -> (H, W, 4)
+    uint8, measured from its header (`images.check_pixels`) before its pixels are decoded."""
+    from PIL import Image
+
+    source = io.BytesIO(layer) if isinstance(layer, (bytes, bytearray, memoryview)) else layer.path
+    try:
+        with warnings.catch_warnings():  # the size is checked below, against the project's limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                images.check_pixels(img.width, img.height, "the painting")
+                return np.asarray(img.convert("RGBA"))
+    except images.TooLarge:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"the painting cannot be read as an image ({e}); paint again") from None
+
+
+@functools.cache
+def _components():
+    """The page's two image inputs that read what the browser sends their own way (classes made once
+    Gradio is imported; `is_template` keeps the built-in component's look in the browser):
+
+    - ImageFile, a gr.Image whose value is the uploaded file's path, unopened. Gradio's own opens the
+      file with PIL first, so a file that is not an image stopped there, a traceback in the log and a
+      bare "Error" in the page; the page reads it with data.images, which measures it before decoding
+      it and says what is wrong in one line.
+    - PaintEditor, a gr.ImageEditor whose value is its painted layers alone (background and composite
+      None), each measured before it is decoded. Gradio's own decodes the background and the composite
+      too, whatever their size, though the page uses neither: a small PNG declaring 12000x12000 pixels
+      uploaded as a reference (and so copied into the editor) took the server to 9 GB."""
+    gr = _import_gradio()
+    from gradio import processing_utils
+
+    class ImageFile(gr.Image):
+        is_template = True
+        slot = 0  # the reference it holds, 1-based, for the messages
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.path is not None:
+                return str(payload.path)
+            if payload.url and payload.url.startswith("data:"):  # a pasted image: its bytes to a file, undecoded
+                return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
+            raise gr.Error(f"reference {self.slot}: the image arrived without its file; upload it again",
+                           print_exception=False)
+
+    class PaintEditor(gr.ImageEditor):
+        is_template = True
+        slot = 0  # the reference it paints, 1-based, for the messages
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.id is not None:  # the browser sent the layers beforehand, as bytes
+                blobs = self.blob_storage.pop(payload.id, None)
+                layers = blobs.layers if blobs is not None else []
+            else:
+                layers = payload.layers
+            try:
+                painted = [_layer_rgba(layer) for layer in layers if layer is not None]
+            except ValueError as e:
+                raise gr.Error(f"reference {self.slot}: {e}", print_exception=False) from None
+            return {"background": None, "layers": painted, "composite": None}
+
+    return ImageFile, PaintEditor
+
+
 def segment_handler(session: Session):
     """The function the Segment button calls: the page's values -> (status, overlays, propagated
     masks, mask files). Bad input is a gr.Error (shown in the page; the server carries on)."""
@@ -284,11 +405,38 @@ def segment_handler(session: Session):
     return segment
 
 
-def build_page(session: Session, model_note: str):
+def upload_handler(index: int, with_editor: bool):
+    """The function a reference slot's image upload (`with_editor`) or mask upload calls: (image file,
+    mask file) -> (the image for the editor to paint on, if `with_editor`, and) the mask's preview.
+    What the Segment button would refuse of them is said at once, as a gr.Warning: an image it cannot
+    read (and so does not copy into the editor) from the image's upload, a mask from either."""
+    gr = _import_gradio()
+
+    def check(image_file, mask_file):
+        image = preview = None
+        try:
+            if image_file:
+                image = _named_errors(load_image, image_file, what=f"reference {index}: ")
+        except ValueError as e:
+            if with_editor:
+                gr.Warning(str(e))
+        if image is not None and mask_file:
+            try:
+                preview = mask_preview(index, image, mask_file)
+            except ValueError as e:
+                gr.Warning(str(e))
+        return (image_file if image is not None else None, preview) if with_editor else preview
+
+    return check
+
+
+def build_page(session: Session, model_note: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
     """The Gradio Blocks of the page (launched by `serve`)."""
     gr = _import_gradio()
+    ImageFile, PaintEditor = _components()
     example = synthetic_example(os.path.join(session.out_dir, "example"))
-    images, editors, masks, names = [], [], [], []
+    images_in, editors, masks, previews, names = [], [], [], [], []
+    limits = f"Each upload may be up to {max_upload_mb:g} MB and {images.max_pixels() / 1e6:.1f} megapixels."
     # the files Gradio makes for the page: swept hourly of those a day old (and at a clean shutdown)
     with gr.Blocks(title="SEGIC in-context segmentation", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
         gr.Markdown("## SEGIC in-context segmentation\n"
@@ -296,7 +444,7 @@ def build_page(session: Session, model_note: str):
                     "below it (or upload its mask: foreground > 127, or palette index != 0). Name its class if you "
                     "like; references with the same name are shots of one class, unnamed references are each their "
                     "own concept. Then upload targets and press **Segment**. Painting needs WebGL in the browser; "
-                    f"without it, upload the mask.\n\n{model_note}")
+                    f"without it, upload the mask. {limits}\n\n{model_note}")
         with gr.Row():
             with gr.Column(scale=3):
                 with gr.Tabs():
@@ -304,18 +452,28 @@ def build_page(session: Session, model_note: str):
                         with gr.Tab(f"Reference {i + 1}"):
                             # the upload is a plain image (the file as sent, read as the predict command reads
                             # it); the editor gets a copy to paint on and works only where the browser has WebGL
-                            images.append(gr.Image(label="reference image", elem_id=f"reference-{i}", type="filepath",
-                                                   image_mode=None, sources=["upload", "clipboard"], height=240))
-                            editors.append(gr.ImageEditor(
+                            images_in.append(ImageFile(label="reference image", elem_id=f"reference-{i}",
+                                                       type="filepath", image_mode=None,
+                                                       sources=["upload", "clipboard"], height=240))
+                            editors.append(PaintEditor(
                                 label="paint the mask over it", elem_id=f"paint-{i}", type="numpy", sources=None,
                                 transforms=(), layers=False, height=420,
                                 brush=gr.Brush(colors=["#ff3c3c"], color_mode="fixed"),
                             ))
-                            images[i].change(lambda path: path, images[i], editors[i], queue=False)
-                            masks.append(gr.File(label="or upload its mask", elem_id=f"reference-mask-{i}",
-                                                 file_types=["image"], type="filepath"))
+                            images_in[i].slot = editors[i].slot = i + 1
+                            with gr.Row():
+                                masks.append(gr.File(label="or upload its mask", elem_id=f"reference-mask-{i}",
+                                                     file_types=["image"], type="filepath"))
+                                previews.append(gr.Image(label="the uploaded mask over the image", interactive=False,
+                                                         elem_id=f"mask-preview-{i}", format="png", height=200,
+                                                         buttons=[]))
                             names.append(gr.Textbox(label="class name (optional)", elem_id=f"class-name-{i}",
                                                     placeholder="e.g. dog"))
+                            images_in[i].change(upload_handler(i + 1, True), [images_in[i], masks[i]],
+                                                [editors[i], previews[i]], show_progress="hidden",
+                                                api_name=f"reference_{i + 1}")
+                            masks[i].change(upload_handler(i + 1, False), [images_in[i], masks[i]], previews[i],
+                                            show_progress="hidden", api_name=f"reference_mask_{i + 1}")
             with gr.Column(scale=2):
                 targets = gr.File(label="targets", elem_id="targets", file_count="multiple", file_types=["image"],
                                   type="filepath")
@@ -330,10 +488,11 @@ def build_page(session: Session, model_note: str):
                                     **shown)
         mask_files = gr.File(label="binary masks (PNG, 0/255 at each target's size)", elem_id="masks",
                              file_count="multiple", interactive=False)
-        inputs = [c for i in range(MAX_REFERENCES) for c in (images[i], editors[i], masks[i], names[i])] + [targets]
-        run.click(segment_handler(session), inputs, [status, overlays, propagated, mask_files], concurrency_limit=1)
+        inputs = [c for i in range(MAX_REFERENCES) for c in (images_in[i], editors[i], masks[i], names[i])] + [targets]
+        run.click(segment_handler(session), inputs, [status, overlays, propagated, mask_files], concurrency_limit=1,
+                  api_name="segment")
         load_example.click(lambda: (example["reference"], example["mask"], example["name"], example["targets"]),
-                           None, [images[0], masks[0], names[0], targets])
+                           None, [images_in[0], masks[0], names[0], targets])
     return page
 
 
@@ -359,23 +518,39 @@ def _interrupt(signum, frame):
 
 
 def serve(checkpoint: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, share: bool = False,
-          dtype: str = "float32", batch_size: int = 2) -> None:
-    """Load the model, start the page and serve until Ctrl-C."""
+          dtype: str = "float32", batch_size: int = 2, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> None:
+    """Load the model, start the page and serve until Ctrl-C (or SIGTERM). Each upload may be up to
+    `max_upload_mb` MB (2**20 bytes); a larger one is cut off while it arrives. What the page and
+    Gradio write (uploads, pictures, mask files) goes to one folder of this run, removed at the stop:
+    Gradio's own (GRADIO_TEMP_DIR, read when Gradio is imported) is made a subfolder of it."""
+    if not max_upload_mb > 0:
+        raise ValueError(f"the upload limit must be a positive number of megabytes, not {max_upload_mb!r}")
     path, note = checkpoint_dir(checkpoint)
     predictor = Predictor.from_checkpoint(path, dtype=dtype, batch_size=batch_size)
-    with tempfile.TemporaryDirectory(prefix="segic_serve_") as out_dir:
-        page = build_page(Session(predictor, out_dir), note)
+    parent = os.environ.get(GRADIO_TEMP_VARIABLE) or None  # a GRADIO_TEMP_DIR given holds this run's folder
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="segic_serve_", dir=parent) as out_dir:
+        os.environ[GRADIO_TEMP_VARIABLE] = os.path.join(out_dir, "gradio")
         try:
-            page.launch(server_name=host, server_port=port, share=share, ssr_mode=False, allowed_paths=[out_dir],
-                        quiet=True, prevent_thread_lock=True, mcp_server=False, pwa=False, css=PAGE_CSS)
-        except OSError:  # Gradio's message names its own settings, not this command's flags
-            raise ValueError(f"cannot listen on {host}:{port}: the port is in use or the address is not this "
-                             "machine's; give another --port (or --host)") from None
-        print(f"serving {path} at {page.local_url}" + (f" and {page.share_url}" if page.share_url else "")
-              + " (Ctrl-C stops)", flush=True)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _interrupt)  # a kill or `docker stop` closes and cleans up as Ctrl-C does
-        page.block_thread()
+            page = build_page(Session(predictor, out_dir), note, max_upload_mb)
+            try:
+                page.launch(server_name=host, server_port=port, share=share, ssr_mode=False, allowed_paths=[out_dir],
+                            quiet=True, prevent_thread_lock=True, mcp_server=False, pwa=False,
+                            max_file_size=int(max_upload_mb * 2**20), css=PAGE_CSS)
+            except OSError:  # Gradio's message names its own settings, not this command's flags
+                raise ValueError(f"cannot listen on {host}:{port}: the port is in use or the address is not this "
+                                 "machine's; give another --port (or --host)") from None
+            print(f"serving {path} at {page.local_url}" + (f" and {page.share_url}" if page.share_url else "")
+                  + " (Ctrl-C stops)", flush=True)
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _interrupt)  # a kill or `docker stop` closes and cleans up as Ctrl-C does
+            page.block_thread()
+        finally:
+            if parent:
+                os.environ[GRADIO_TEMP_VARIABLE] = parent
+            else:
+                os.environ.pop(GRADIO_TEMP_VARIABLE, None)
 
 
 def run(checkpoint: str | None = None, **options) -> int:

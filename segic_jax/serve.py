@@ -47,7 +47,6 @@ import tempfile
 import threading
 import time
 import unicodedata
-import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -318,16 +317,15 @@ def _import_gradio():
 
 def _layer_rgba(layer) -> np.ndarray:
     """A painted layer of the editor (a file Gradio received, or the bytes the browser sent) -> (H, W, 4)
-    uint8, measured from its header (`images.check_pixels`) before its pixels are decoded."""
+    uint8, measured from its header (data.images' header reader and `check_pixels`, so every size is
+    judged by the project's budget and named) before its pixels are decoded."""
     from PIL import Image
 
     source = io.BytesIO(layer) if isinstance(layer, (bytes, bytearray, memoryview)) else layer.path
     try:
-        with warnings.catch_warnings():  # the size is checked below, against the project's limit
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                images.check_pixels(img.width, img.height, "the painting")
-                return np.asarray(img.convert("RGBA"))
+        with images._open_header(source) as img:
+            images.check_pixels(img.width, img.height, "the painting")
+            return np.asarray(img.convert("RGBA"))
     except images.TooLarge:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -249,6 +249,8 @@ def test_a_class_name_on_several_lines_is_used_on_one_with_a_note(session, tmp_p
 
 def test_the_image_inputs_measure_uploads_before_decoding_them(page, tmp_path, rng, bomb, monkeypatch):
     import base64
+    import struct
+    import zlib
 
     import gradio as gr
     from gradio.components.image import ImageData
@@ -280,7 +282,13 @@ def test_the_image_inputs_measure_uploads_before_decoding_them(page, tmp_path, r
         editor.blob_storage["sent"] = EditorDataBlobs(background=bomb.read_bytes(), layers=[None, f.read()], composite=None)
     value = editor.preprocess(EditorData(id="sent"))
     assert len(value["layers"]) == 1 and np.array_equal(value["layers"][0], layer) and "sent" not in editor.blob_storage
+    # a header declaring 30000x30000 (beyond Pillow's own limit, which would refuse it in its words): the budget's
+    header = tmp_path / "header.png"
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0))
+                       + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     for path, message in ((bomb, r"the painting is 12000x12000 pixels \(144\.0 MP\), over the limit of \d+\.\d MP"),
+                          (header, r"the painting is 30000x30000 pixels \(900\.0 MP\), over the limit of \d+\.\d MP"),
                           (notes, r"the painting cannot be read as an image \(.*\); paint again")):
         with pytest.raises(gr.Error) as error:
             editor.preprocess(EditorData(layers=[FileData(path=str(path))]))

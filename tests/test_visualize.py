@@ -104,3 +104,6 @@ def test_the_example_picture_shows_the_median_episode(eval_data_dir):
     np.testing.assert_array_equal(
         example.example_image(_WholeImage(), "synthetic", eval_data_dir, dataset="synthetic_incontext/tiny",
                               candidates=13, height=96), shown.image)
+    one = example.example(_WholeImage(), "synthetic", eval_data_dir, dataset="synthetic_incontext/tiny",
+                          candidates=1, height=96)
+    assert one.index == 0 and one.caption == f"synthetic episode 0: IoU {expected[0]:.1f} (the only one scored)"

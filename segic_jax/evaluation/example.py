@@ -67,8 +67,11 @@ def example(predictor, benchmark: str, data_dir: str, *, dataset: str | None = N
     index = representative(ious)
     (name, r, q), pred = decoded[index], predictions[index]
     median = float(np.median(ious))
-    caption = (f"{benchmark} episode {index}: IoU {ious[index]:.1f}, the nearest to the median ({median:.1f}) "
-               f"of episodes 0-{len(ious) - 1}")
+    if len(ious) == 1:
+        caption = f"{benchmark} episode 0: IoU {ious[0]:.1f} (the only one scored)"
+    else:
+        caption = (f"{benchmark} episode {index}: IoU {ious[index]:.1f}, the nearest to the median ({median:.1f}) "
+                   f"of episodes 0-{len(ious) - 1}")
     strip = visualize.panel_strip([
         (f"reference: {name}", visualize.mask_overlay(r.image, r.mask, visualize.contrasting_colour(r.image, r.mask))),
         (f"prediction (IoU {ious[index]:.1f})",

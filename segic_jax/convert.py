@@ -22,8 +22,9 @@ import sys
 import time
 
 from segic_jax import atomic_files, checkpoints
+from segic_jax.atomic_files import check_can_write, failed_write, quiet_writer_threads
 from segic_jax.conversion import clip_text, dinov2, segic
-from segic_jax.conversion.core import ConversionError, check_can_write, failed_write, quiet_writer_threads
+from segic_jax.conversion.core import ConversionError
 from segic_jax.models import bundle
 from segic_jax.models.clip_text import ClipTextModel
 from segic_jax.models.dinov2 import Dinov2

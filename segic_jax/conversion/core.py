@@ -11,13 +11,10 @@ that list every offending key.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import json
 import os
 import re
-import sys
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -259,79 +256,3 @@ def read_hf_config(folder: str) -> dict:
             raise ConversionError(f"{config_path} is not valid JSON: {e}") from None
 
 
-# --- writing the result ----------------------------------------------------------------------
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_NO_ACCESS = (errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def failed_write(error: BaseException) -> tuple[str, bool] | None:
-    """(the system's reason, whether it is a lack of space) when `error` is a write that the system
-    refused for want of space or permission: an OSError, or the ValueError / RuntimeError of the
-    writers underneath orbax (tensorstore) and TFDS (array_record) that carry one in their text.
-    None for any other error."""
-    codes = _NO_SPACE + _NO_ACCESS
-    code = error.errno if isinstance(error, OSError) else None
-    if code not in codes:
-        text = str(error)
-        code = next((c for c in codes if f"os_error_code='{c}'" in text or os.strerror(c) in text), None)
-        if code is None and "not enough disk space" in text.lower():  # TFDS's check before a build
-            code = errno.ENOSPC
-    if code is None:
-        return None
-    reason = os.strerror(code)
-    if isinstance(error, OSError) and error.filename:
-        reason += f" ({error.filename})"
-    return reason, code in _NO_SPACE
-
-
-def check_can_write(folder: str, flag: str, target: str) -> None:
-    """Raise ValueError unless `folder` can be written in, or created in its nearest existing
-    ancestor: checked before minutes of reading, so that a read-only or foreign place fails at once.
-    The message names the command-line `flag` and the `target` path it gave."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"cannot write {flag} {target}: {existing} is a file, not a folder; choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        try:
-            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        except OSError:
-            read_only = False
-        why = "is on a read-only file system" if read_only else "is not writable by you"
-        raise ValueError(f"cannot write {flag} {target}: {existing} {why}; choose another {flag}")
-
-
-def _without_closed_loop_errors(previous):
-    """`previous` unraisable-hook, except for the "Event loop is closed" errors of tensorstore callbacks
-    that outlive a failed orbax write (they may come after the failure is reported, so this stays)."""
-
-    def hook(unraisable):
-        if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    return hook
-
-
-@contextlib.contextmanager
-def quiet_writer_threads():
-    """Keep orbax's background writer threads from printing their failures (absl ERROR records with
-    tracebacks, and "Event loop is closed" errors of callbacks left over): the failure itself still
-    reaches the caller as an exception, which the command line reports on one line."""
-    from absl import logging as absl_logging
-
-    level, hook = absl_logging.get_verbosity(), sys.unraisablehook
-    absl_logging.set_verbosity(absl_logging.FATAL)
-    sys.unraisablehook = _without_closed_loop_errors(hook)
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True  # the write's callbacks may still fire: keep their errors out of the report
-        raise
-    finally:
-        absl_logging.set_verbosity(level)
-        if not failed:
-            sys.unraisablehook = hook

@@ -107,7 +107,7 @@ def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = 
     The inputs are checked first; the build itself holds the dataset's lock (`dataset_lock`)."""
     import tensorflow_datasets as tfds
 
-    from segic_jax.conversion.core import check_can_write
+    from segic_jax.atomic_files import check_can_write
 
     dataset = name.partition("/")[0]
     _builder(name, data_dir, manual_dir, splits, splits_dir)  # every input checked before waiting or writing
@@ -292,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
 def _write_failure(error: BaseException, name: str, data_dir: str) -> str | None:
     """The one-line report of a write the system refused (a full disk, a read-only --data_dir; or an
     input file this user may not read), or None for any other error."""
-    from segic_jax.conversion.core import failed_write
+    from segic_jax.atomic_files import failed_write
 
     root = os.path.abspath(data_dir)
     failure = failed_write(error)

@@ -323,7 +323,7 @@ def _layer_rgba(layer) -> np.ndarray:
 
     source = io.BytesIO(layer) if isinstance(layer, (bytes, bytearray, memoryview)) else layer.path
     try:
-        with images._open_header(source) as img:
+        with images.open_header(source) as img:
             images.check_pixels(img.width, img.height, "the painting")
             return np.asarray(img.convert("RGBA"))
     except images.TooLarge:

@@ -5,6 +5,7 @@ transcription of the reference pipeline; the predict command and its input check
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -439,9 +440,13 @@ def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, 
         _save(frames / f"{i:03d}.png", images[f"{i:03d}"])
     (frames / "004.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable, in the middle
     del images["004"]
+    Image.new("1", (12000, 12000)).save(frames / "bomb.png", optimize=True)  # over the pixel budget: skipped
+    images["003-2"] = _scene(rng, 50, 70)[0]  # a second target with the stem 003 (after 003.png): another name
+    _save(frames / "003.tif", images["003-2"])
     streaming = Predictor.from_checkpoint(tiny["path"], batch_size=2, prefetch=2)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"1 of 9 targets could not be read .*other 8 were written.*004\.png"):
+    with pytest.raises(ValueError, match=r"2 of 11 targets could not be read \(the other 9 were written .*\): "
+                                         r".*004\.png.*; .*bomb\.png is 12000x12000 pixels"):
         segment_files.run(streaming, [ref_path], [mask_path], str(frames), str(out), outputs=("masks",), threads=3)
     assert sorted(os.listdir(out)) == sorted(f"{stem}_mask0.png" for stem in images)  # masks only, nothing partial
     context = predictor.encode_context([ref], [mask], binarize=False)
@@ -463,3 +468,43 @@ def test_images_of_any_shape_are_segmented(predictor, rng):
         assert pred.masks.shape == (1, *shape) and np.isfinite(pred.logits).all()
     thin = predictor.encode_context([rng.integers(0, 256, (1, 600, 3), dtype=np.uint8)], [np.ones((1, 600), bool)])
     assert np.isfinite(np.asarray(thin.features)).all()
+
+
+def test_predict_stops_on_ctrl_c_with_status_130_and_a_full_disk_is_one_error(tiny, rng, tmp_path, monkeypatch):
+    from segic_jax.inference import segment_files
+
+    ref, mask = _scene(rng, 80, 60)
+    ref_path = _save(tmp_path / "ref.png", ref)
+    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(12):
+        _save(frames / f"{i:03d}.png", _scene(rng, 40, 50)[0])
+    proc = subprocess.Popen([sys.executable, "main.py", "--mode", "predict", "--checkpoint", tiny["path"], "--workdir",
+                             str(tmp_path / "out"), "--reference", ref_path, "--reference_mask", mask_path, "--target",
+                             str(frames)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "segmenting" not in seen:  # the bar appears before the first batch is compiled: Ctrl-C lands mid-run
+        seen += proc.stderr.read(1) or ""
+        assert seen or proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    out = tmp_path / "out"
+    assert not [n for n in (os.listdir(out) if out.exists() else []) if n.startswith(".")]  # no temporary file left
+
+    # a disk that fills up mid-run: the files written so far are whole, the failed one leaves nothing
+    real_replace, calls = os.replace, []
+
+    def full(src, dst):
+        calls.append(dst)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device", dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    predictor = Predictor.from_checkpoint(tiny["path"], batch_size=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        segment_files.run(predictor, [ref_path], [mask_path], str(frames), str(tmp_path / "full"), outputs=("masks",),
+                          threads=1)
+    assert sorted(os.listdir(tmp_path / "full")) == sorted(os.path.basename(c) for c in calls[:3])

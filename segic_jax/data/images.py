@@ -54,7 +54,7 @@ def check_pixels(width: int, height: int, path: str) -> None:
 _PILLOW_LIMIT = threading.Lock()
 
 
-def _open_header(path: str):
+def open_header(path: str):
     """Image.open (which reads the header only) with Pillow's own size limit lifted for the call, so
     that `check_pixels` judges every size and names it; Pillow's limit is restored at once."""
     from PIL import Image
@@ -73,7 +73,7 @@ def _open(path: str, what: str = "image"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
-        img = _open_header(path)
+        img = open_header(path)
         check_pixels(img.width, img.height, path)
         img.load()
         upright = ImageOps.exif_transpose(img)

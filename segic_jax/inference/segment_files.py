@@ -15,7 +15,9 @@ in images/s; a video is a folder of its frames.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Sequence
 
@@ -50,6 +52,9 @@ def build_context_inputs(references: Sequence[str], masks: Sequence[str], class_
         raise ValueError(f"{len(references)} --reference images but {len(masks)} --reference_mask files: give one mask per reference")
     if class_names and len(class_names) != len(references):
         raise ValueError(f"{len(class_names)} --class_name values for {len(references)} references: give one per reference or none")
+    for name in class_names:
+        if not name.strip() or any(c in name for c in "\r\n\t\v\f"):
+            raise ValueError(f"--class_name {name!r} must be one line of text (no line breaks or tabs, not blank)")
     images, single = [], []
     for ref, mask in zip(references, masks):
         image = load_image(ref)
@@ -85,6 +90,62 @@ def prepare(references: Sequence[str], masks: Sequence[str], target: str, class_
     return Inputs(images, stacks, names, target_paths(target))
 
 
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_out_dir(out_dir: str, target: str, inputs: Inputs, outputs: Sequence[str] = OUTPUTS,
+                  beside_targets: bool = False) -> None:
+    """Refuse an output folder where the outputs could replace a user's file or be read as targets
+    by a later run, and make sure that the folder can be written, before the model is loaded.
+
+    The target folder (or, for a folder of targets, a folder inside it) is refused unless
+    `beside_targets`; even then no output may take the name of one of the targets. The folder is created if need be and a probe file
+    is written and removed there (and any folder made for it)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--workdir {out_dir} is a file; give a folder for the outputs")
+    # a folder of targets: not it, nor a folder in it; one target file: not the folder that holds it
+    folder = target if os.path.isdir(target) else os.path.dirname(os.path.abspath(target))
+    same = _inside(out_dir, folder) and _inside(folder, out_dir)
+    if (same or (_inside(out_dir, folder) and os.path.isdir(target))) and not beside_targets:
+        raise ValueError(
+            f"--workdir {out_dir} is {'the' if same else 'inside the'} target folder {folder}: the outputs would "
+            "sit among your images (and be segmented by a later run); give another folder, or pass --outputs_beside_targets"
+        )
+    targets = {os.path.realpath(p) for p in inputs.paths}
+    for stem in visualize.output_stems(inputs.paths):
+        for name in _file_names(stem, len(inputs.stacks[0]), outputs):
+            if os.path.realpath(os.path.join(out_dir, name)) in targets:
+                raise ValueError(f"the output {name} would replace the target {os.path.join(out_dir, name)}; "
+                                 "give another --workdir")
+    made = []  # the folders the probe creates, removed again: nothing is left if the model fails to load
+    folder = os.path.abspath(out_dir)
+    while not os.path.exists(folder):
+        made.insert(0, folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as e:
+        raise ValueError(f"cannot write the outputs to --workdir {out_dir}: {e.strerror or e}") from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _file_names(stem: str, n_concepts: int, outputs: Sequence[str]) -> list[str]:
+    """The names `_write` gives the files of one target."""
+    drawn = visualize.Pictures(masks=[None] * n_concepts if "masks" in outputs else [],
+                               overlay=stem if "overlay" in outputs else None,
+                               propagated=[None] * n_concepts if "propagated" in outputs else [])
+    return [name for name, _ in drawn.file_names(stem)]
+
+
 def run(
     predictor: Predictor,
     references: Sequence[str] | Inputs,
@@ -115,9 +176,10 @@ def run(
     with ThreadPoolExecutor(threads, thread_name_prefix="read") as readers, \
             ThreadPoolExecutor(threads, thread_name_prefix="write") as writers, \
             tqdm(total=len(paths), desc="segmenting", unit="image") as progress:
+        stems = dict(zip(paths, visualize.output_stems(paths)))
         reading = collections.deque(readers.submit(_read, p) for p in paths[:read_ahead])
         queued = iter(paths[read_ahead:])
-        order: collections.deque = collections.deque()  # (path, image) of targets handed to the predictor
+        order: collections.deque = collections.deque()  # (stem, image) of targets handed to the predictor
 
         def targets():
             while reading:
@@ -129,13 +191,13 @@ def run(
                     unreadable.append(error)
                     progress.update(1)
                     continue
-                order.append((path, image))
+                order.append((stems[path], image))
                 yield image
 
         writing: collections.deque = collections.deque()
         for pred in predictor.segment_iter(targets(), context):
-            path, image = order.popleft()
-            writing.append(writers.submit(_write, out_dir, path, image, pred, outputs, labels))
+            stem, image = order.popleft()
+            writing.append(writers.submit(_write, out_dir, stem, image, pred, outputs, labels))
             while writing and (writing[0].done() or len(writing) > 2 * threads):
                 written += writing.popleft().result()
                 progress.update(1)
@@ -143,8 +205,11 @@ def run(
             written += job.result()
             progress.update(1)
     if unreadable:
-        raise ValueError(f"{len(unreadable)} of {len(paths)} targets could not be read (the other "
-                         f"{len(paths) - len(unreadable)} were written to {out_dir}): " + "; ".join(unreadable))
+        done = len(paths) - len(unreadable)
+        rest = ("none was written" if done == 0 else f"the other {done} {'was' if done == 1 else 'were'} "
+                f"written to {out_dir}")
+        raise ValueError(f"{len(unreadable)} of {len(paths)} target{'s' if len(paths) > 1 else ''} could not be "
+                         f"read ({rest}): " + "; ".join(unreadable))
     return written
 
 
@@ -155,10 +220,9 @@ def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
         return path, None, str(e)
 
 
-def _write(out_dir: str, path: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
+def _write(out_dir: str, stem: str, image: np.ndarray, pred, outputs: Sequence[str] = OUTPUTS,
            labels: Sequence[str] | None = None) -> list[str]:
-    """The files of one target (see `visualize.prediction_pictures`)."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    """The files of one target (see `visualize.prediction_pictures`), named after `stem`."""
     written = []
     for name, picture in visualize.prediction_pictures(image, pred, outputs, labels).file_names(stem):
         written.append(os.path.join(out_dir, name))

@@ -52,6 +52,8 @@ flags.DEFINE_bool("instance_prompt", False, "predict: use SEGIC's instance promp
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "predict, serve: compute dtype of the encoders and head")
 flags.DEFINE_integer("batch_size", 2, "predict, serve: targets per device batch (larger keeps an accelerator busier)", lower_bound=1)
 flags.DEFINE_list("outputs", ["masks", "overlay", "propagated"], "predict: files to write per target (masks, overlay, propagated)")
+flags.DEFINE_bool("outputs_beside_targets", False,
+                  "predict: allow --workdir to be (or be inside) the target folder (no output may replace a target)")
 flags.DEFINE_string(
     "compilation_cache", "~/.cache/segic_jax/xla",
     "JAX's persistent compilation cache: compiled programs are kept here and reused by later runs ('' = off; "
@@ -97,14 +99,20 @@ def main(argv):
             outputs = segment_files.check_outputs(FLAGS.outputs)
             # every input is read and checked first: a wrong path fails at once, not after loading the model
             inputs = segment_files.prepare(FLAGS.reference, FLAGS.reference_mask, FLAGS.target, FLAGS.class_name)
-            if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-                raise ValueError(f"--workdir {FLAGS.workdir} is a file; give a folder for the outputs")
+            segment_files.check_out_dir(FLAGS.workdir, FLAGS.target, inputs, outputs, FLAGS.outputs_beside_targets)
             predictor = load_predictor(FLAGS.checkpoint, FLAGS.dtype, FLAGS.batch_size)
             written = segment_files.run(predictor, inputs, out_dir=FLAGS.workdir,
                                         instance_prompt=FLAGS.instance_prompt, outputs=outputs)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
+        except OSError as e:  # a write failed mid-run (disk full, folder removed): each file is whole or absent
+            print(f"error: cannot write to --workdir {FLAGS.workdir}: {e.strerror or e}"
+                  + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("interrupted: the targets segmented so far are written", file=sys.stderr)
+            sys.exit(130)
         print(f"wrote {len(written)} files to {FLAGS.workdir}")
         return
     if FLAGS.config is None:
@@ -136,7 +144,9 @@ def main(argv):
                     summary = trainer.train(FLAGS.config, FLAGS.workdir)
                 except SaveFailed as e:
                     print(f"error: {e}", file=sys.stderr)
-                    sys.exit(1)
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(1)  # orbax's threads of the failed write may never end: do not wait for them
                 if summary.get("stopped_early"):
                     sys.exit(EXIT_STOPPED_EARLY)  # a checkpoint was written: run the same command to resume
         except (FileNotFoundError, ValueError) as e:

@@ -97,6 +97,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 1000
     c.checkpoint.keep = 3
     c.checkpoint.use_async = True
+    # a workdir with checkpoints but no config.json (deleted, or written by an older version) is resumed
+    # only when this is True: the config of this command is then recorded as the run's, unchecked
+    c.checkpoint.resume_without_config = False
 
     c.log = ml_collections.ConfigDict()
     c.log.every_steps = 50

@@ -48,6 +48,23 @@ def files(tmp_path_factory):
     (root / "read_only").mkdir()  # its cases are left out where chmod does not stop writes (as root)
     (root / "read_only").chmod(0o555)
     write_coco(str(root / "coco"), rng)  # train only: no instances_val2017.json
+    Image.new("1", (12000, 12000)).save(root / "bomb.png", optimize=True)  # ~17 KB declaring 144 MP
+    for folder, names in (("targets", ["a.png"]), ("collide", ["a.png", "a_mask0.png"])):
+        (root / folder).mkdir()
+        for name in names:
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / folder / name)
+    for name, lock, config in (("garbage_lock", "garbage", None), ("no_config", None, None),
+                               ("garbage_config", None, "{not json"), ("checkpoints_file", None, None)):
+        run = root / name  # training workdirs in states a resume must refuse
+        run.mkdir()
+        if name == "checkpoints_file":
+            (run / "checkpoints").write_text("not a folder")
+        elif lock is None:
+            (run / "checkpoints" / "1").mkdir(parents=True)
+        if lock is not None:
+            (run / ".lock").write_text(lock)
+        if config is not None:
+            (run / "config.json").write_text(config)
     busy = root / "busy_workdir"
     busy.mkdir()
     # a lock held by a live process (this test's own) on this host
@@ -87,6 +104,14 @@ def cases(f, tmp):
         ("no_workdir", [*train], 2, r"--mode train needs --workdir", []),
         ("workdir_is_file", [*train, "--workdir", str(f / "a_file")], 1, r"a_file is a file", []),
         ("workdir_busy", [*train, "--workdir", str(f / "busy_workdir")], 1, rf"busy_workdir is in use by process {os.getpid()}", []),
+        ("train_garbage_lock", [*train, "--workdir", str(f / "garbage_lock")], 1,
+         r"garbage_lock/\.lock is not a lock this project wrote \(it does not read as JSON.*\); if no run uses this workdir, remove it", []),
+        ("train_no_config_json", [*train, "--workdir", str(f / "no_config"), "--config.seed=1"], 1,
+         r"no_config holds checkpoints but no config\.json, .*pass --config\.checkpoint\.resume_without_config=True", []),
+        ("train_garbage_config_json", [*train, "--workdir", str(f / "garbage_config")], 1,
+         r"cannot read .*garbage_config/config\.json \(Expecting property name.*\), the config of the run", []),
+        ("train_checkpoints_is_a_file", [*train, "--workdir", str(f / "checkpoints_file")], 1,
+         r"checkpoints_file/checkpoints is a file, where this workdir's checkpoints go", []),
         ("missing_dataset", [*MAIN, "--config", os.path.join(ROOT, "configs", "segic.py:paper"), "--workdir", w,
                              f"--config.data.data_dir={tmp / 'no_data'}"], 1,
          r"coco20i_semantic is not built under .*no_data; build it with `python -m segic_jax\.data\.build coco20i_semantic --manual_dir", [str(tmp / "no_data")]),
@@ -105,6 +130,23 @@ def cases(f, tmp):
         ("predict_workdir_file", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "a_file"), *good], 1, r"a_file is a file", []),
         ("missing_checkpoint", [*predict, *good], 1, r"no_ckpt is not a converted SEGIC checkpoint", [str(tmp / "p")]),
         ("batch_size_zero", [*predict, *good, "--batch_size", "0"], 2, r"--batch_size=0: 0 is not a positive integer", [str(tmp / "p")]),
+        ("predict_bomb_reference", [*predict, "--reference", str(f / "bomb.png"), "--reference_mask", mask, "--target", ref], 1,
+         r"bomb\.png is 12000x12000 pixels \(144\.0 MP\), over the limit of 67\.1 MP; .*SEGIC_JAX_MAX_PIXELS", [str(tmp / "p")]),
+        ("predict_class_name_lines", [*predict, *good, "--class_name", "a\nb"], 1, r"--class_name 'a\\nb' must be one line of text", [str(tmp / "p")]),
+        ("predict_out_is_targets", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "targets"),
+                                    "--reference", ref, "--reference_mask", mask, "--target", str(f / "targets")], 1,
+         r"--workdir .*targets is the target folder .*: the outputs would sit among your images .*--outputs_beside_targets", []),
+        ("predict_out_in_targets", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "targets" / "out"),
+                                    "--reference", ref, "--reference_mask", mask, "--target", str(f / "targets")], 1,
+         r"--workdir .*out is inside the target folder", [str(f / "targets" / "out")]),
+        ("predict_out_beside_target_file", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "targets"),
+                                            "--reference", ref, "--reference_mask", mask, "--target", str(f / "targets" / "a.png")], 1,
+         r"--workdir .*targets is the target folder", []),
+        ("predict_output_replaces_target", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "collide"),
+                                            "--reference", ref, "--reference_mask", mask, "--target", str(f / "collide"), "--outputs_beside_targets"], 1,
+         r"the output a_mask0\.png would replace the target .*collide/a_mask0\.png", []),
+        ("predict_out_under_file", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(f / "a_file" / "out"), *good], 1,
+         r"cannot write the outputs to --workdir .*a_file/out: Not a directory", []),
         ("predict_needs_target", [*MAIN, "--mode", "predict", "--checkpoint", str(tmp / "no_ckpt"), "--workdir", str(tmp / "p")], 2, r"--mode predict needs --checkpoint and --target", [str(tmp / "p")]),
         # the page: the model is checked before Gradio or a server starts
         ("serve_missing_checkpoint", [*MAIN, "--mode", "serve", "--checkpoint", str(tmp / "no_ckpt")], 1, r"no_ckpt is not a converted SEGIC checkpoint", []),

@@ -3,9 +3,11 @@ the exported model, the paper mixture on fake datasets, main.py, 8 devices vs 1,
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -19,6 +21,7 @@ from segic_jax.data import build as build_lib
 from segic_jax.data import mixture
 from segic_jax.data.prompts import PromptTable
 from segic_jax.training import mesh as mesh_lib
+from segic_jax.training import checkpointing
 from segic_jax.training.checkpointing import SaveFailed
 from segic_jax.training import step as step_lib
 from segic_jax.training import trainer as trainer_lib
@@ -166,7 +169,7 @@ def test_training_moves_the_logged_metrics(uninterrupted, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
+def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path, capsys):
     config = tiny_config(data_dir, **{"train.num_steps": 2, "eval.every_steps": 2, "eval.at_start": True})
     summary = trainer_lib.train(config, str(tmp_path))
     assert set(summary["evaluations"]) == {"untrained", "step_2"}
@@ -179,8 +182,12 @@ def test_periodic_evaluation_writes_scores_and_an_image(data_dir, tmp_path):
     # running the finished run again trains nothing and keeps its summary, export and table
     kept = (tmp_path / "summary.json").read_bytes()
     exported = os.stat(tmp_path / "export").st_mtime_ns
+    logs = sorted(os.listdir(tmp_path / "logs"))
+    capsys.readouterr()
     again = trainer_lib.train(config, str(tmp_path))
     assert again["already_finished"] and again["evaluations"] == summary["evaluations"]
+    assert sorted(os.listdir(tmp_path / "logs")) == logs  # no new (empty) event file
+    assert "resumed from" not in capsys.readouterr().out
     assert (tmp_path / "summary.json").read_bytes() == kept
     assert os.stat(tmp_path / "export").st_mtime_ns == exported
     table = trainer_lib.report(again, config)
@@ -404,6 +411,39 @@ def test_ctrl_c_stops_with_a_checkpoint_and_a_failed_save_stops_at_once(data_dir
             second.run()
     finally:
         second.close()
+
+
+@pytest.mark.slow
+def test_a_write_that_fails_in_orbaxs_threads_is_one_error_and_never_hangs(data_dir, tmp_path):
+    """As on a full disk: the asynchronous write fails in orbax's background thread, whose sibling
+    threads then wait minutes for a signal that never comes. The command says so in one line, exits 1
+    at once, and leaves no temporary checkpoint folder."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        "_makedirs = os.makedirs\n"
+        "def _full(path, *args, **kwargs):\n"
+        f"    if {checkpointing.TMP_SUFFIX!r} in os.fspath(path):\n"
+        "        _makedirs(path, *args, **kwargs)\n"
+        "        raise OSError(28, 'No space left on device', os.fspath(path))\n"
+        "    return _makedirs(path, *args, **kwargs)\n"
+        "os.makedirs = _full\n"
+    )
+    workdir = tmp_path / "run"
+    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--config", os.path.join(ROOT, "configs", "segic.py:demo"),
+            "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES,
+            "--config.train.num_steps=3", "--config.checkpoint.every_steps=1"]
+    t0 = time.time()
+    result = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{ROOT}"),
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: a checkpoint could not be written to \S+ \(the disk is full: No space left on device \(\S+\)\); "
+        r"training stopped at step \d; no checkpoint was completed", errors[0]), result.stderr[-3000:]
+    assert time.time() - t0 < 240  # orbax's waiting threads alone would hold the process 5 minutes
+    assert os.listdir(workdir / "checkpoints") == [] and not (workdir / ".lock").exists()
 
 
 @pytest.mark.slow

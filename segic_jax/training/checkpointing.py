@@ -11,7 +11,11 @@ iterator state, and a run may resume on another number of processes, devices or 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import logging
 import os
+import shutil
+import threading
 import time
 from typing import Any
 
@@ -19,9 +23,11 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from segic_jax import distributed
+from segic_jax import atomic_files, distributed
 
 UNREADABLE_DIR = "checkpoints_unreadable"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes a step under <step><suffix>-<time> and renames it when complete
+CLOSE_TIMEOUT_S = 10  # how long `close` waits for orbax's background threads after a failed write
 
 
 @dataclasses.dataclass
@@ -35,21 +41,80 @@ class SaveFailed(RuntimeError):
     """An asynchronous checkpoint write failed; the message says where and why."""
 
 
+class _OrbaxErrors(logging.Filter):
+    """Keeps orbax's error records (a traceback for each of its threads, hundreds of lines for one
+    full disk) out of the log: a failed write is reported once, as `SaveFailed`, with its reason."""
+
+    def __init__(self):
+        super().__init__()
+        self.reasons: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            if record.exc_info and record.exc_info[1] is not None:
+                self.reasons.append(_first_line(record.exc_info[1]))
+            return False
+        return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _reason(error: BaseException) -> str:
+    """The most telling line of an exception and its causes (a full disk said in plain words)."""
+    reasons, causes, cause = [], [], error
+    while cause is not None and len(reasons) < 20:
+        reasons.append(_first_line(cause))
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for cause in causes:
+        refused = atomic_files.failed_write(cause)
+        if refused:
+            reason, no_space = refused
+            return f"the disk is full: {reason}" if no_space else reason
+    return next((r for r in reasons if "Errno" in r), reasons[-1])
+
+
+def check_folder(workdir: str) -> str:
+    """The workdir's checkpoints folder, refused at once when something else takes its name."""
+    folder = os.path.join(workdir, "checkpoints")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder} is a file, where this workdir's checkpoints go; move it away or use another --workdir")
+    return folder
+
+
 class Checkpoints:
     """The run's checkpoints in `workdir/checkpoints` (orbax's manager: `keep` newest, written in the
     background with `use_async`), their arrays replicated over `mesh`."""
 
     def __init__(self, workdir: str, mesh, *, keep: int, use_async: bool):
         self.workdir, self.mesh, self.keep, self.use_async = workdir, mesh, keep, use_async
-        self.dir = os.path.join(workdir, "checkpoints")
+        self.dir = check_folder(workdir)
+        self.failed: SaveFailed | None = None
+        self._errors = _OrbaxErrors()
+        logging.getLogger("absl").addFilter(self._errors)
+        atomic_files.drop_closed_loop_errors()
         self.manager = self._manager()
 
     def _manager(self):
         import orbax.checkpoint as ocp
 
         options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, enable_async_checkpointing=self.use_async,
-                                               create=True)
+                                               create=True, cleanup_tmp_directories=True)
         return ocp.CheckpointManager(self.dir, options=options)
+
+    def _failure(self, error: BaseException, step: int) -> SaveFailed:
+        """The one error a failed write becomes; remembered, so that `close` does not wait on orbax."""
+        if self.failed is None:
+            latest = self.manager.latest_step()
+            self.failed = SaveFailed(
+                f"a checkpoint could not be written to {self.dir} ({_reason(error)}); training stopped at step "
+                f"{step}; " + (f"the last complete checkpoint is step {latest} (run the same command to resume from it)"
+                               if latest is not None else "no checkpoint was completed")
+            )
+        return self.failed
 
     def _tree(self, state: TrainState, key) -> dict:
         # step and key replicated over the mesh like the rest (orbax refuses single-device arrays in a
@@ -68,7 +133,10 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         args = ocp.args.Composite(state=ocp.args.StandardSave(self._tree(state, key)))
-        return self.manager.save(state.step, args=args, force=force)
+        try:
+            return self.manager.save(state.step, args=args, force=force)
+        except Exception as e:  # a synchronous write, or an earlier asynchronous one, failed
+            raise self._failure(e, state.step) from None
 
     def restore(self, like: TrainState, key) -> tuple[TrainState, Any, list[str]] | None:
         """(state, key, lines to print) of the latest checkpoint that restores, shaped like `like`
@@ -112,15 +180,7 @@ class Checkpoints:
         try:
             self.manager.check_for_errors()
         except Exception as e:
-            cause, reasons = e, []
-            while cause is not None:
-                reasons.append(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__)
-                cause = cause.__cause__ or cause.__context__
-            reason = next((r for r in reasons if "No space left" in r), reasons[-1])
-            raise SaveFailed(
-                f"a checkpoint could not be written to {self.dir} ({reason}); training stopped at step "
-                f"{step}, the last complete checkpoint is step {self.manager.latest_step()}"
-            ) from None
+            raise self._failure(e, step) from None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -128,8 +188,33 @@ class Checkpoints:
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
 
-    def wait_until_finished(self) -> None:
-        self.manager.wait_until_finished()
+    def wait_until_finished(self, step: int) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._failure(e, step) from None
 
     def close(self) -> None:
-        self.manager.close()
+        """Close the manager. After a failed write orbax's threads may never return: wait for them
+        at most CLOSE_TIMEOUT_S (they are left to the process's exit, which `main.py` makes
+        immediate), and remove the temporary folders of the writes that did not complete."""
+        logging.getLogger("absl").removeFilter(self._errors)
+        if self.failed is None:
+            self.manager.close()
+            return
+        logging.getLogger("absl").addFilter(self._errors)  # the threads still log as they fail
+        closing = threading.Thread(target=self._close_quietly, name="orbax-close", daemon=True)
+        closing.start()
+        closing.join(CLOSE_TIMEOUT_S)
+        if distributed.is_main():
+            for tmp in glob.glob(os.path.join(glob.escape(self.dir), f"*{TMP_SUFFIX}*")):
+                if os.path.isdir(tmp) and not os.path.islink(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    os.remove(tmp)
+
+    def _close_quietly(self) -> None:
+        try:
+            self.manager.close()
+        except Exception:  # the failure is reported already
+            pass

@@ -119,6 +119,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "mesh.fsdp": _int(1),
     "checkpoint.every_steps": _int(0),
     "checkpoint.keep": _int(1),
+    "checkpoint.resume_without_config": _bool,
     "log.every_steps": _int(1),
     "eval.benchmark": _choice(_few_shot_benchmarks),
     "eval.episodes": _int(1),

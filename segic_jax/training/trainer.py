@@ -43,6 +43,7 @@ from segic_jax.models.encoders import build_encoder, build_text_encoder, compute
 from segic_jax.models.layers import pytorch_default_init
 from segic_jax.models.segic import SegicConfig, SegicHead
 from segic_jax.training import config_checks, mesh as mesh_lib, step as step_lib, workdir as workdir_lib
+from segic_jax.training import checkpointing
 from segic_jax.training.checkpointing import Checkpoints, TrainState
 from segic_jax.training.writer import MetricWriter
 
@@ -68,6 +69,7 @@ class Trainer:
         fresh = not os.path.exists(self.workdir)
         self.lock = workdir_lib.Lock(self.workdir) if jax.process_index() == 0 else None
         try:
+            checkpointing.check_folder(self.workdir)
             resuming = workdir_lib.has_checkpoints(self.workdir)
             if self.lock is not None and resuming:  # before anything is built: a wrong config fails in seconds
                 workdir_lib.check_config(self.workdir, config)
@@ -236,10 +238,10 @@ class Trainer:
         c = self.config
         # --- restore: the step, and what the earlier runs on this workdir measured up to it
         resumed = self.restore()
-        if resumed:
-            print(f"resumed from step {self.state.step} in {self.checkpoints.dir}", flush=True)
         earlier = self._previous_summary() if resumed else {}
         finished_before = resumed and self.state.step >= self.num_steps
+        if resumed and not finished_before:
+            print(f"resumed from step {self.state.step} in {self.checkpoints.dir}", flush=True)
         evals = {k: v for k, v in earlier.get("evaluations", {}).items()
                  if k == "untrained" or (k.startswith("step_") and k[5:].isdigit() and int(k[5:]) <= self.state.step)}
         losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
@@ -269,7 +271,7 @@ class Trainer:
             if not stopped:
                 if self.checkpoints.latest_step() != self.state.step:
                     self.save(force=True)
-                self.checkpoints.wait_until_finished()
+                self.checkpoints.wait_until_finished(self.state.step)
             self.checkpoints.check(self.state.step)
 
         # --- a rerun of a finished run trains nothing: its summary and export stand as they are
@@ -301,7 +303,7 @@ class Trainer:
             return False
         if self.checkpoints.latest_step() != self.state.step:
             self.save(force=True)
-        self.checkpoints.wait_until_finished()
+        self.checkpoints.wait_until_finished(self.state.step)
         print(f"stopped at step {self.state.step}: checkpoint written", flush=True)
         return True
 

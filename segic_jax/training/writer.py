@@ -11,16 +11,24 @@ import numpy as np
 
 
 class MetricWriter:
+    """The event file is opened at the first value written, so that a run that logs nothing (the
+    rerun of a finished one) adds no empty event file."""
+
     def __init__(self, logdir: str, enabled: bool = True):
         self.enabled = enabled
         self.logdir = logdir
         self._tb = None
+        self._purge_step: int | None = None
         if enabled:
             os.makedirs(logdir, exist_ok=True)
+            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def _events(self):
+        if self._tb is None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(logdir)
-            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._tb = SummaryWriter(self.logdir, purge_step=self._purge_step)
+        return self._tb
 
     def resume_at(self, step: int) -> int:
         """A run resumed from the checkpoint of `step`: drop the records of later steps that the
@@ -28,8 +36,6 @@ class MetricWriter:
         purge step, from the event files. Returns how many JSON-lines records were dropped."""
         if not self.enabled:
             return 0
-        from tensorboardX import SummaryWriter
-
         from segic_jax import atomic_files
 
         self._jsonl.close()
@@ -46,8 +52,10 @@ class MetricWriter:
         if len(kept) != len(lines):
             atomic_files.atomic_write_bytes(path, "".join(kept).encode())
         self._jsonl = open(path, "a", encoding="utf-8")
-        self._tb.close()
-        self._tb = SummaryWriter(self.logdir, purge_step=step + 1)
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        self._purge_step = step + 1  # the event file opened next drops what was logged after `step`
         return len(lines) - len(kept)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -55,23 +63,25 @@ class MetricWriter:
             return
         values = {k: float(v) for k, v in values.items()}
         for k, v in values.items():
-            self._tb.add_scalar(k, v, step)
+            self._events().add_scalar(k, v, step)
         self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         self._jsonl.flush()
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
         """(H, W, 3) uint8."""
         if self.enabled:
-            self._tb.add_image(tag, np.asarray(image, np.uint8), step, dataformats="HWC")
+            self._events().add_image(tag, np.asarray(image, np.uint8), step, dataformats="HWC")
 
     def flush(self) -> None:
         if self.enabled:
-            self._tb.flush()
+            if self._tb is not None:
+                self._tb.flush()
             self._jsonl.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self._jsonl.close()
             self.enabled = False
 

@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     except (ValueError, FileExistsError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the output is written whole or not at all
+        print("interrupted", file=sys.stderr)
+        return 130
     n = sum(v.size for v in params.values())
     print(f"wrote {args.model} ({len(params)} tensors, {n:,} parameters) to {out}")
     print(f"config: {config}")

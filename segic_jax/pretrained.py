@@ -207,6 +207,9 @@ def main(argv=None) -> int:
     except ValueError as e:  # FetchError and ConversionError are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # nothing half-converted stays in the cache
+        print("interrupted", file=sys.stderr)
+        return 130
     print(out)
     return 0
 

@@ -219,3 +219,20 @@ def test_bad_inputs_fail_clearly_and_lose_nothing(files, tmp_path):
     assert not problems, "\n".join(problems)
     assert _snapshot(files) == before  # no input was changed or removed
     assert (files / "foreign_out" / "thesis.tex").read_text() == "months of work"
+
+
+def test_ctrl_c_in_the_offline_tools_is_one_line_and_status_130(monkeypatch, capsys):
+    from segic_jax import convert, pretrained
+    from segic_jax.data import build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "check_arguments", interrupted)
+    monkeypatch.setattr(build, "build", interrupted)
+    monkeypatch.setattr(pretrained, "pretrained_dir", interrupted)
+    for main, argv in ((convert.main, ["dinov2", "--src", "x.pth", "--out", "out"]),
+                       (build.main, ["synthetic_incontext/tiny", "--data_dir", "d"]),
+                       (pretrained.main, [])):
+        assert main(argv) == 130
+        assert capsys.readouterr().err == "interrupted\n"

@@ -71,3 +71,15 @@ def test_masks_with_transparency_are_read_over_black(tmp_path):
     rgba[..., 0], rgba[..., 3] = gray, alpha
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     np.testing.assert_array_equal(images.load_mask(str(tmp_path / "rgba.png")), [[True, False, False, True]])
+
+
+def test_dataset_builds_refuse_images_over_the_budget_by_name(tmp_path):
+    from segic_jax.data.builders.common import LayoutError, image_size, read_stored_pixels
+
+    bomb = _bomb(tmp_path / "label.png", 12000)
+    with open(bomb, "rb") as f:
+        data = f.read()
+    with pytest.raises(LayoutError, match=r"scene\.jpg is 12000x12000 pixels"):
+        image_size(data, "scene.jpg")
+    with pytest.raises(LayoutError, match=r"label\.png is 12000x12000 pixels"):
+        read_stored_pixels(bomb)

@@ -316,6 +316,9 @@ def main(argv=None) -> int:
     except ValueError as e:  # LayoutError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the build's temporary folders are removed; a rebuild completes what was kept
+        print("interrupted", file=sys.stderr)
+        return 130
     except (OSError, RuntimeError) as e:
         message = _write_failure(e, args.name, args.data_dir)
         if message is None:

@@ -54,7 +54,7 @@ def check_pixels(width: int, height: int, path: str) -> None:
 _PILLOW_LIMIT = threading.Lock()
 
 
-def open_header(path: str):
+def open_header(path):
     """Image.open (which reads the header only) with Pillow's own size limit lifted for the call, so
     that `check_pixels` judges every size and names it; Pillow's limit is restored at once."""
     from PIL import Image

@@ -58,27 +58,37 @@ def pick_splits(builder, present: dict, expected: dict[str, str]) -> dict:
 
 
 def image_size(data: bytes, path: str) -> tuple[int, int]:
-    """(height, width) of an encoded image, read from its header; an unreadable file names its path."""
+    """(height, width) of an encoded image, read from its header; an unreadable file, or one over the
+    pixel budget (`data.images.max_pixels`), names its path."""
     import io
 
-    from PIL import Image
+    from segic_jax.data import images
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with images.open_header(io.BytesIO(data)) as img:
+            images.check_pixels(img.width, img.height, path)
             return img.height, img.width
+    except images.TooLarge as e:
+        raise LayoutError(str(e)) from None
     except Exception as e:  # PIL raises several types for a damaged file
         raise LayoutError(f"cannot read {path} as an image ({e})") from None
 
 
 def read_stored_pixels(path: str):
     """The pixel values of an image file as stored, in its own mode (a palette image's indices, not its
-    colours: a label map's class ids), as a NumPy array; a damaged or truncated file names its path."""
+    colours: a label map's class ids), as a NumPy array; a damaged or truncated file, or one over the
+    pixel budget, names its path. As the original reads its datasets, no EXIF orientation is applied:
+    the annotations of the public datasets refer to the stored pixels."""
     import numpy as np
-    from PIL import Image
+
+    from segic_jax.data import images
 
     try:
-        with Image.open(path) as img:
+        with images.open_header(path) as img:
+            images.check_pixels(img.width, img.height, path)
             return np.asarray(img)
+    except images.TooLarge as e:
+        raise LayoutError(str(e)) from None
     except Exception as e:
         raise LayoutError(f"cannot read {path} as an image ({e}); is the file complete?") from None
 

@@ -62,6 +62,7 @@ flags.DEFINE_string(
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every interface)")
 flags.DEFINE_integer("port", 7860, "serve: port of the page", lower_bound=1, upper_bound=65535)
 flags.DEFINE_bool("share", False, "serve: also a public link through Gradio's servers")
+flags.DEFINE_float("max_upload_mb", 50.0, "serve: the largest upload the page accepts, in MB", lower_bound=0.001)
 
 
 def usage_error(message: str) -> None:
@@ -84,7 +85,7 @@ def main(argv):
         if FLAGS.workdir:
             usage_error("--mode serve writes no files: drop --workdir (the model is --checkpoint)")
         status = serve.run(FLAGS.checkpoint, host=FLAGS.host, port=FLAGS.port, share=FLAGS.share, dtype=FLAGS.dtype,
-                           batch_size=FLAGS.batch_size)
+                           batch_size=FLAGS.batch_size, max_upload_mb=FLAGS.max_upload_mb)
         if status:
             sys.exit(status)
         return

@@ -364,15 +364,13 @@ def test_gradio_is_imported_by_the_page_alone(tmp_path):
     assert mark.exists()  # the stand-in works
 
 
-def _start_server(checkpoint, tmp_path, env=None, **options):
-    """The page's server on a free port: `python main.py --mode serve`, or `serve.run` with `options`
-    (keywords main.py has no flag for); returns the process, its URL and its output lines."""
+def _start_server(checkpoint, tmp_path, env=None, *flags):
+    """The page's server on a free port, `python main.py --mode serve` with `flags`; returns the
+    process, its URL and its output lines."""
     port = free_port()
     env = env or dict(python_path(ROOT), GRADIO_TEMP_DIR=str(tmp_path / "gradio"), TMPDIR=str(tmp_path))
-    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "serve", "--checkpoint", checkpoint, "--port", str(port)]
-    if options:
-        argv = [sys.executable, "-c", "import sys; from segic_jax import serve; "
-                f"sys.exit(serve.run({checkpoint!r}, port={port}, **{options!r}))"]
+    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "serve", "--checkpoint", checkpoint,
+            "--port", str(port), *flags]
     server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
@@ -441,7 +439,7 @@ def test_the_server_bounds_uploads_and_bombs_explains_bad_files_and_leaves_no_fi
     temp = tmp_path / "temp"  # the server's temporary folder: empty again after a clean stop
     temp.mkdir()
     env = {k: v for k, v in python_path(ROOT).items() if k != "GRADIO_TEMP_DIR"}
-    server, url, lines, log = _start_server(checkpoint, tmp_path, env=dict(env, TMPDIR=str(temp)), max_upload_mb=1)
+    server, url, lines, log = _start_server(checkpoint, tmp_path, dict(env, TMPDIR=str(temp)), "--max_upload_mb=1")
     try:
         # an upload over the limit is cut off, with the limit in the message (the page says it before sending)
         assert _upload(url, files["big"]) == (413, "File size exceeded maximum allowed size of 1048576 bytes.")

@@ -236,3 +236,34 @@ def test_ctrl_c_in_the_offline_tools_is_one_line_and_status_130(monkeypatch, cap
                        (pretrained.main, [])):
         assert main(argv) == 130
         assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_read_only_or_full_output_folder_is_found_before_any_work(tmp_path, monkeypatch, files):
+    """Where chmod cannot make a folder read-only (as root), the system's refusal is injected at the write."""
+    import errno
+    import tempfile
+
+    from segic_jax.inference import segment_files
+    from segic_jax.training import workdir as workdir_lib
+
+    inputs = segment_files.prepare([str(files / "ref.png")], [str(files / "mask.png")], str(files / "ref.png"))
+    real_open = os.open
+    for code, words in ((errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left on device")):
+        def refused(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+        with pytest.raises(ValueError, match=rf"cannot write the outputs to --workdir .*new/out: {words}"):
+            segment_files.check_out_dir(str(tmp_path / "new" / "out"), str(files / "ref.png"), inputs)
+        assert not (tmp_path / "new").exists()  # the folders made for the probe are removed again
+        monkeypatch.undo()
+
+        def refused_lock(path, *args, **kwargs):
+            if str(path).endswith(workdir_lib.LOCK_FILE):
+                raise OSError(code, os.strerror(code), path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refused_lock)
+        with pytest.raises(ValueError, match=rf"cannot write to --workdir .*run \({words}\); give a folder you can write"):
+            workdir_lib.Lock(str(tmp_path / "run"))
+        monkeypatch.undo()

@@ -51,3 +51,30 @@ def test_coco20i_folds_take_interleaved_classes(tmp_path):
         eval_episodes.coco20i(source, fold=0, episodes=10)
     with pytest.raises(ValueError, match="fold must be 0..3"):
         eval_episodes.coco20i(source, fold=4)
+
+
+def test_fss1000_mismatch_is_replaced_by_the_originals_next_item(tmp_path, rng):
+    """The original (`DatasetFSS`) lists classes sorted and each class's paths sorted as strings, and
+    replaces an episode whose mask differs in size from its image by item `idx + 1` of that list:
+    here the last image of `ant` (3.jpg, after 1, 10, 2) by the first of `zebra`, the next class."""
+    from PIL import Image
+
+    from fake_datasets import _jpeg, write_fss
+
+    root = tmp_path / "fss"
+    # test.txt lists zebra before ant; the original sorts the class names
+    write_fss(str(root), rng, classes=("a_trn", "b_trn", "c_val", "zebra", "ant"))
+    _jpeg(str(root / "ant" / "10.jpg"), rng, 20, 20)
+    Image.fromarray(np.full((20, 20), 255, np.uint8)).save(root / "ant" / "10.png")
+    Image.fromarray(np.zeros((24, 20), np.uint8)).save(root / "ant" / "3.png")  # not its image's 20 x 20
+    assert build_cli.main(build_args("fss1000", str(root), str(tmp_path / "data"), split="test")) == 0
+    source = data_source("fss1000", "test", str(tmp_path / "data"))
+    files = [source[i]["file_name"].decode() for i in range(len(source))]
+    order = [files[i] for i in eval_episodes.original_order([source[i] for i in range(len(source))])]
+    assert order == ["ant/1.jpg", "ant/10.jpg", "ant/2.jpg", "ant/3.jpg", "zebra/1.jpg", "zebra/2.jpg", "zebra/3.jpg"]
+    for seed in range(4):
+        episodes = eval_episodes.fss1000(source, seed=seed)
+        assert len(episodes) == 7
+        assert files[episodes[3].query] == "zebra/1.jpg"  # the slot of ant/3.jpg
+        assert all(files[e.query] == name for e, name in zip(episodes[4:], order[4:]))
+        assert all(files.index("ant/3.jpg") not in (e.query, *e.supports) for e in episodes)

@@ -11,8 +11,10 @@ seed always gives the same list, so runs and hosts agree on what is evaluated.
             image once (image first), class uniform among its categories, mask = the union of
             that category's instances, supports other images with the class.
   fss1000   every fss1000 test image is a query once (2400); supports other images of its class.
-            As the original, an episode whose query or support image differs in size from its
-            mask is replaced by the next query's episode (with a support drawn for it).
+            Queries in the original's order (classes sorted, then file paths sorted as strings);
+            as the original, an episode whose query or support image differs in size from its
+            mask is replaced by the episode of the next query in that order (index + 1, with a
+            support drawn for it).
   lvis92i   LVIS-92i fold f (0..9) on lvis_instances val: categories annotated in more than one
             image, sorted by id, fold = categories[f::10]; 2300 episodes chosen as the SEGIC code
             does (class uniform, then a query image of it, then supports).
@@ -154,12 +156,26 @@ def ade20k_references(source, seed: int = 0, min_area: float = 0.05) -> dict[int
     return picks
 
 
+def original_order(examples: Sequence[dict]) -> list[int]:
+    """FSS-1000 indices in the original's order (`DatasetFSS.build_img_metadata`): classes sorted by
+    name, then each class's file paths sorted as strings (so 1.jpg, 10.jpg, 2.jpg, ...). An example
+    without a `file_name` keeps its place in `examples` among its class."""
+    def key(i):
+        ex = examples[i]
+        name = ex.get("file_name")
+        return text(ex["class_name"]), "" if name is None else text(name).rsplit("/", 1)[-1], i
+
+    return sorted(range(len(examples)), key=key)
+
+
 def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
-    """Every image once as the query. An episode whose query or a support differs in size from its
-    mask (a few FSS-1000 files do) is replaced, as the original replaces it, by the next image's
-    episode with supports drawn for it (wrapping around at the end)."""
+    """Every image once as the query, in the original's order (`original_order`). An episode whose
+    query or a support differs in size from its mask (a few FSS-1000 files do) is replaced, as the
+    original's `DatasetFSS.__getitem__` replaces it (`idx + 1`), by the episode of the next image in
+    that order, with supports drawn for it. Past the last image the original fails (an IndexError);
+    here the search wraps around to the first."""
     examples = [source[i] for i in tqdm(range(len(source)), desc="indexing", leave=False)]
-    names = [ex["class_name"] for ex in examples]
+    names = [text(ex["class_name"]) for ex in examples]
     fits = [_size(ex["image"]) == _size(ex["mask"]) for ex in examples]
     classes = sorted(set(names))
     ids = [classes.index(n) for n in names]
@@ -170,16 +186,18 @@ def fss1000(source, shots: int = 1, seed: int = 0) -> list[Episode]:
             fits[q] and sum(fits[i] for i in images_of[c] if i != q) >= shots for q, c in enumerate(ids)):
         raise ValueError(f"no FSS-1000 image whose mask is its size has {shots} other such image(s) of its class "
                          "to be its support(s)")
+    order = original_order(examples)
     rng = np.random.default_rng(seed)
     out = []
-    for first in range(len(ids)):
-        q = first
+    for first in range(len(order)):
+        position = first
         while True:
+            q = order[position]
             c = ids[q]
             supports = _supports(rng, images_of[c], q, shots, f"FSS-1000 class {classes[c]}")
             if fits[q] and all(fits[i] for i in supports):
                 break
-            q = (q + 1) % len(ids)
+            position = (position + 1) % len(order)
         out.append(Episode(c, q, supports))
     return out
 

@@ -21,6 +21,20 @@ _LAYOUT = __doc__  # the module's layout text (inside a class body, __doc__ is t
 SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 
 
+def image_mask_pairs(folder: str, image_exts: tuple[str, ...]):
+    """A class folder's images (`image_exts`, lower case) and their <stem>.png masks, as FSS-1000 lays
+    them out: ([(stem, image name, mask name)], [images without a mask], [masks without an image]),
+    each sorted. (With ".png" among `image_exts`, a .png is a mask when an image shares its stem.)"""
+    files = sorted(os.listdir(folder))
+    masks = {os.path.splitext(f)[0]: f for f in files if f.endswith(".png")}
+    images = [f for f in files if os.path.splitext(f)[1].lower() in image_exts and f not in masks.values()]
+    stems = {os.path.splitext(f)[0] for f in images}
+    pairs = [(os.path.splitext(f)[0], f, masks[os.path.splitext(f)[0]]) for f in images if os.path.splitext(f)[0] in masks]
+    unpaired = [f for f in images if os.path.splitext(f)[0] not in masks]
+    orphans = [m for stem, m in sorted(masks.items()) if stem not in stems]
+    return pairs, unpaired, orphans
+
+
 class Fss1000(tfds.core.GeneratorBasedBuilder):
     """FSS-1000."""
 
@@ -55,12 +69,14 @@ class Fss1000(tfds.core.GeneratorBasedBuilder):
         mismatched = []
         for cls in classes:
             folder = require_dir(os.path.join(root, cls), f"images of FSS-1000 class {cls}")
-            images = sorted(f for f in os.listdir(folder) if f.lower().endswith(".jpg"))
-            if not images:
+            pairs, unpaired, _ = image_mask_pairs(folder, (".jpg",))
+            if not pairs and not unpaired:
                 raise LayoutError(f"{folder} has no .jpg images")
-            for name in images:
-                stem = os.path.splitext(name)[0]
-                mask = require_file(os.path.join(folder, stem + ".png"), f"the mask of {cls}/{name}")
+            if unpaired:
+                name = unpaired[0]
+                require_file(os.path.join(folder, os.path.splitext(name)[0] + ".png"), f"the mask of {cls}/{name}")
+            for stem, name, _ in pairs:
+                mask = os.path.join(folder, stem + ".png")
                 image_bytes, mask_bytes = read_bytes(os.path.join(folder, name)), read_bytes(mask)
                 if image_size(image_bytes, os.path.join(folder, name)) != image_size(mask_bytes, mask):
                     mismatched.append(f"{cls}/{stem}")

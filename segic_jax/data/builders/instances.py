@@ -44,6 +44,40 @@ def instance_features():
     )
 
 
+def group_annotations(data: dict, annotation_path: str, problems: list[str] | None = None):
+    """(category names by id, images by id, annotations by image id) of a COCO-style instances dict.
+    An annotation of an unknown image or category is a LayoutError naming the file; with `problems`,
+    it is appended there instead (and left out), so that a caller can report every one at once."""
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    images = {im["id"]: im for im in data["images"]}
+    by_image: dict[int, list] = {}
+    for ann in data["annotations"]:
+        wrong = None
+        if ann.get("image_id") not in images:
+            wrong = f"{annotation_path}: annotation {ann.get('id')} refers to unknown image {ann.get('image_id')}"
+        elif ann.get("category_id") not in names:
+            wrong = f"{annotation_path}: annotation {ann.get('id')} has unknown category {ann.get('category_id')}"
+        if wrong is None:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        elif problems is None:
+            raise LayoutError(wrong)
+        else:
+            problems.append(wrong)
+    return names, images, by_image
+
+
+def instance_object(ann: dict, names: dict, height: int, width: int) -> dict:
+    """The stored object of a COCO-style annotation (polygons, RLE or crowd RLE); a segmentation that
+    cannot be read is a ValueError."""
+    return {
+        "rle": rle.encode(ann["segmentation"], height, width),
+        "category_id": ann["category_id"],
+        "category_name": names[ann["category_id"]],
+        "iscrowd": bool(ann.get("iscrowd", 0)),
+        "bbox": np.asarray(ann.get("bbox", [0, 0, 0, 0]), np.float32),
+    }
+
+
 class _InstanceJson(tfds.core.GeneratorBasedBuilder):
     """Shared reading of COCO-style instance JSON; subclasses give the files and the image paths."""
 
@@ -69,15 +103,7 @@ class _InstanceJson(tfds.core.GeneratorBasedBuilder):
         for key in ("images", "annotations", "categories"):
             if key not in data:
                 raise LayoutError(f"{annotation_path} has no '{key}' list; is it a COCO/LVIS instances file?")
-        names = {c["id"]: c["name"] for c in data["categories"]}
-        images = {im["id"]: im for im in data["images"]}
-        by_image: dict[int, list] = {}
-        for ann in data["annotations"]:
-            if ann["image_id"] not in images:
-                raise LayoutError(f"{annotation_path}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}")
-            if ann["category_id"] not in names:
-                raise LayoutError(f"{annotation_path}: annotation {ann.get('id')} has unknown category {ann['category_id']}")
-            by_image.setdefault(ann["image_id"], []).append(ann)
+        names, images, by_image = group_annotations(data, annotation_path)
         skipped = len(images) - len(by_image)
         if skipped:
             print(f"{annotation_path}: {skipped} of {len(images)} images have no annotations and are skipped")
@@ -87,18 +113,9 @@ class _InstanceJson(tfds.core.GeneratorBasedBuilder):
             objects = []
             for ann in anns:
                 try:
-                    mask = rle.encode(ann["segmentation"], h, w)
+                    objects.append(instance_object(ann, names, h, w))
                 except ValueError as e:
                     raise LayoutError(f"{annotation_path}: annotation {ann.get('id')} of image {image_id}: {e}") from None
-                objects.append(
-                    {
-                        "rle": mask,
-                        "category_id": ann["category_id"],
-                        "category_name": names[ann["category_id"]],
-                        "iscrowd": bool(ann.get("iscrowd", 0)),
-                        "bbox": np.asarray(ann.get("bbox", [0, 0, 0, 0]), np.float32),
-                    }
-                )
             path = self._image_path(root, split, image)
             yield image_id, {
                 "image": read_bytes(path),

@@ -1,9 +1,17 @@
 """The notebooks run top to bottom in a Jupyter kernel, with tiny random-weight models: the released
-formats converted and used to segment (01), the demo training with its plots and export (02)."""
+formats converted and used to segment, and a converted folder used as it is (01), the demo training
+with its plots and export (02).
+
+They are committed with the outputs of one run on the README's demo model, so that a reader on
+GitHub or Colab sees what they show; the tests run them afresh. To refresh those outputs, train the
+demo (`python main.py --config configs/segic.py --workdir /tmp/segic_demo`), then run
+`python tests/test_notebooks.py`."""
 
 import ast
+import contextlib
 import json
 import os
+import re
 import sys
 
 import jax
@@ -36,29 +44,46 @@ def with_parameters(nb, **values):
     return nb
 
 
-@pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
+@contextlib.contextmanager
+def kernelspec(root):
     """A kernelspec pointing at sys.executable, found through JUPYTER_PATH (a fresh .venv needs no
     `ipykernel install`); the kernel inherits this environment, with the repository importable."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "segic-jax tests", "language": "python",
-    }))
+    spec = os.path.join(root, "kernels", KERNEL)
+    os.makedirs(spec)
+    with open(os.path.join(spec, "kernel.json"), "w", encoding="utf-8") as f:
+        json.dump({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "segic-jax tests", "language": "python",
+        }, f)
     patch = pytest.MonkeyPatch()
     patch.setenv("JUPYTER_PATH", str(root))
     patch.setenv("PYTHONPATH", os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    yield
-    patch.undo()
+    try:
+        yield
+    finally:
+        patch.undo()
 
 
-def run_notebook(name, **parameters):
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    with kernelspec(str(tmp_path_factory.mktemp("jupyter"))):
+        yield
+
+
+def read_notebook(name):
     with open(os.path.join(NOTEBOOKS, name), encoding="utf-8") as f:
-        nb = nbformat.read(f, as_version=4)
+        return nbformat.read(f, as_version=4)
+
+
+def run_notebook(name, path=ROOT, record_timing=True, timeout=600, **parameters):
+    """The notebook executed afresh (the committed outputs are cleared first) in a kernel started in `path`."""
+    nb = read_notebook(name)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     with_parameters(nb, **parameters)
-    NotebookClient(nb, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": ROOT}}).execute()
+    NotebookClient(nb, kernel_name=KERNEL, timeout=timeout, record_timing=record_timing,
+                   resources={"metadata": {"path": path}}).execute()
     return nb
 
 
@@ -69,17 +94,72 @@ def outputs(nb, cell_id):
     return text, images
 
 
-@pytest.mark.parametrize("name", ["01_convert_and_segment.ipynb", "02_finetune.ipynb"])
-def test_notebooks_are_committed_without_outputs(name):
-    with open(os.path.join(NOTEBOOKS, name), encoding="utf-8") as f:
-        nb = nbformat.read(f, as_version=4)
+NAMES = ["01_convert_and_segment.ipynb", "02_finetune.ipynb"]
+MAX_BYTES = 1_500_000  # a committed notebook, outputs included
+# an absolute path in an output: any but /tmp's could name a private folder of whoever ran it
+PRIVATE_PATH = re.compile(r"(?<![\w.~])/(?!tmp/)(?:home|root|work|Users|usr|opt|mnt|var|srv|content)\b")
+
+
+def _texts(cell):
+    for o in cell.outputs:
+        if o.output_type == "stream":
+            yield o.text
+        elif o.output_type in ("display_data", "execute_result"):
+            yield from (v for k, v in o.data.items() if k.startswith("text/"))
+        elif o.output_type == "error":
+            yield "\n".join(o.traceback)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_are_committed_with_the_outputs_of_one_run(name):
+    nb = read_notebook(name)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
     # the parameters first (REPO_URL among them), then the install cell that clones REPO_URL on Colab
     assert "parameters" in code[0].metadata.get("tags", []) and code[0].source.startswith("REPO_URL = ")
     assert code[1].source.lstrip().startswith("# ── Install") and "git clone -q {REPO_URL}" in code[1].source
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    assert "injected" not in code[0].source  # the parameters as a reader finds them, not as they were run
+    # one run, top to bottom, without an error; pictures shown, progress bars as the last state shown
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not any(o.output_type == "error" for c in code for o in c.outputs)
+    assert any({"image/png", "image/jpeg"} & set(o.get("data", {})) for c in code for o in c.outputs)
+    for cell in code:
+        for text in _texts(cell):
+            assert "\r" not in text, (cell.id, text[:200])
+            assert not PRIVATE_PATH.search(text), (cell.id, PRIVATE_PATH.search(text).group(0), text[:300])
+        assert "execution" not in cell.metadata  # no timestamps of the run
+    assert os.path.getsize(os.path.join(NOTEBOOKS, name)) < MAX_BYTES
+
+
+def test_the_private_path_check_finds_what_it_must():
+    for leaked in ["/root/.cache/segic_jax/data", "wrote /work/main/out/x.png", "/home/ann/ckpt", "(/usr/lib/x)"]:
+        assert PRIVATE_PATH.search(leaked), leaked
+    for fine in ["/tmp/segic_demo/export", "runs/notebook/export", "~/.cache/segic_jax/data", "a/home/b", "80/128"]:
+        assert not PRIVATE_PATH.search(fine), fine
+
+
+def test_outputs_are_kept_as_a_notebook_shows_them():
+    import base64
+    import io
+
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rtraining: {i}/3") for i in range(4)]
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    pictures = []
+    for image in (noise, np.full((120, 160, 3), 255, np.uint8)):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        pictures.append(nbformat.v4.new_output(
+            "display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"}))
+    outputs = [*bar, nbformat.v4.new_output("stream", name="stderr", text="\x1b[A\n"),
+               nbformat.v4.new_output("stream", name="stdout", text="export: /tmp/scratch/runs/x/export\n"),
+               nbformat.v4.new_output("stream", name="stderr", text="\r  \r"), *pictures]
+    kept = tidy(outputs, "/tmp/scratch")
+    assert [o.output_type for o in kept] == ["stream", "stream", "display_data", "display_data"]
+    assert kept[0].text == "training: 3/3\n" and kept[1].text == "export: runs/x/export\n"
+    assert set(kept[2].data) == {"image/jpeg", "text/plain"}  # noise: a photograph's kind of picture
+    assert set(kept[3].data) == {"image/png", "text/plain"}  # flat colour, as a plot: PNG is small already
+    assert shown(os.path.expanduser("~") + "/.cache/x") == "~/.cache/x"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +180,7 @@ def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatc
     # the release as Colab would fetch it, from a stand-in hub (the kernel inherits this environment)
     for key, value in stand_in_release(str(tmp_path / "hub"), released).items():
         monkeypatch.setenv(key, value)
-    common = dict(CHECKPOINT=str(checkpoint), IMAGE_SIZE=SIZE, DTYPE="float32", CACHE_DIR=str(cache))
+    common = dict(CONVERT_TO=str(checkpoint), IMAGE_SIZE=SIZE, DTYPE="float32", CACHE_DIR=str(cache))
 
     # defaults: the released model, no reference given (the built-in synthetic pair)
     nb = run_notebook(
@@ -144,6 +224,19 @@ def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatc
     assert _mask_png(out / "b" / "wide_mask0.png").shape == (90, 130)
     assert _mask_png(out / "b" / "grey_mask0.png").shape == (70, 50)
 
+    # CHECKPOINT alone (a converted folder, or a training run's export/) is the model: nothing is
+    # fetched, even with no release to be found (an empty hub cache, offline, no DINOv2 mirror)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    monkeypatch.setenv("SEGIC_JAX_DINOV2_HUB", (tmp_path / "no_mirror").as_uri())
+    nb = run_notebook(
+        "01_convert_and_segment.ipynb", CHECKPOINT=str(checkpoint), DTYPE="float32", CACHE_DIR=str(tmp_path / "cache2"),
+        SYNTHETIC_SEED=3, SYNTHETIC_SIZE=96, OUT_DIR=str(out / "c"),
+    )
+    text = outputs(nb, "convert")[0]
+    assert f"using the checkpoint {checkpoint}" in text and "released" not in text
+    assert not (tmp_path / "cache2").exists()
+    np.testing.assert_array_equal(_mask_png(out / "c" / "synthetic_target_mask0.png"), saved)  # the same weights
+
 
 @pytest.mark.slow
 def test_finetune_notebook(kernel_env, tmp_path):
@@ -170,3 +263,89 @@ def test_finetune_notebook(kernel_env, tmp_path):
     assert "untrained" in text and "step_3" in text and len(images) == 2
     text, images = outputs(nb, "predict")
     assert "masks (1, 160, 160)" in text and len(images) == 1
+
+
+# --- the committed outputs -------------------------------------------------------------------------
+
+DEMO_EXPORT = "/tmp/segic_demo/export"  # what the README's first command trains
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def shown(text: str, scratch: str = "") -> str:
+    """A stream as a notebook shows it: each line as its last carriage return left it (a progress bar's
+    final state), without terminal escapes, the warning that a text progress bar stands in for a widget,
+    or the scratch folder's path; the home folder as ~."""
+    lines = [ANSI.sub("", line.rsplit("\r", 1)[-1]).rstrip() for line in text.split("\n")]
+    lines = [line for line in lines if "TqdmWarning: IProgress not found" not in line
+             and not line.lstrip().startswith("from .autonotebook import tqdm as notebook_tqdm")]
+    text = "\n".join(line for i, line in enumerate(lines) if line or i == len(lines) - 1)
+    if scratch:
+        text = text.replace(scratch + os.sep, "")
+    return text.replace(os.path.expanduser("~") + os.sep, "~" + os.sep)
+
+
+def tidy(outputs, scratch: str = "") -> list:
+    """A cell's outputs as committed: consecutive pieces of one stream joined and `shown`, empty ones
+    dropped, and a picture that JPEG stores in under half the bytes stored as JPEG (photographs of
+    noisy synthetic scenes; plots stay PNG)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    joined = []
+    for o in outputs:
+        if o.output_type == "stream" and joined and joined[-1].output_type == "stream" and joined[-1].name == o.name:
+            joined[-1].text += o.text
+        else:
+            joined.append(o)
+    kept = []
+    for o in joined:
+        if o.output_type == "stream":
+            o.text = shown(o.text, scratch)
+            if not o.text.strip():
+                continue
+        elif "image/png" in o.get("data", {}):
+            png = base64.b64decode(o.data["image/png"])
+            buffer = io.BytesIO()
+            Image.open(io.BytesIO(png)).convert("RGB").save(buffer, "JPEG", quality=85, optimize=True)
+            if buffer.tell() < len(png) / 2:
+                del o.data["image/png"]
+                o.data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        if "text/plain" in o.get("data", {}):
+            o.data["text/plain"] = shown(o.data["text/plain"], scratch)
+        kept.append(o)
+    return kept
+
+
+def refresh(demo_export: str = DEMO_EXPORT) -> None:
+    """Run both notebooks top to bottom on the demo model and write them back with their outputs: 01 with
+    CHECKPOINT = demo_export, 02 with its own defaults (it trains the demo again). They run in a scratch
+    folder linked to this checkout, so that their relative outputs (out/, runs/) land there; the
+    notebooks' sources and metadata are kept as they are."""
+    import tempfile
+
+    if not os.path.isdir(demo_export):
+        raise SystemExit(f"{demo_export} not found: train the demo first "
+                         "(python main.py --config configs/segic.py --workdir /tmp/segic_demo)")
+    with tempfile.TemporaryDirectory(prefix="segic_notebooks_") as scratch:
+        for entry in ("segic_jax", "configs"):
+            os.symlink(os.path.join(ROOT, entry), os.path.join(scratch, entry))
+        with kernelspec(os.path.join(scratch, "jupyter")):
+            for name, parameters in ((NAMES[0], {"CHECKPOINT": demo_export}), (NAMES[1], {})):
+                ran = run_notebook(name, path=scratch, record_timing=False, timeout=3600, **parameters)
+                nb = read_notebook(name)
+                for cell, done in zip(nb.cells, ran.cells):
+                    if cell.cell_type == "code":
+                        cell.outputs = tidy(done.outputs, scratch)
+                        cell.execution_count = done.execution_count
+                        cell.metadata.pop("execution", None)
+                with open(os.path.join(NOTEBOOKS, name), "w", encoding="utf-8") as f:
+                    nbformat.write(nb, f)
+                print(f"wrote {name} ({os.path.getsize(os.path.join(NOTEBOOKS, name)) / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    refresh(*sys.argv[1:])

@@ -114,7 +114,7 @@ def main(argv):
         except KeyboardInterrupt:
             print("interrupted: the targets segmented so far are written", file=sys.stderr)
             sys.exit(130)
-        print(f"wrote {len(written)} files to {FLAGS.workdir}")
+        print(f"wrote {len(written)} file{'' if len(written) == 1 else 's'} to {FLAGS.workdir}")
         return
     if FLAGS.config is None:
         example = "configs/eval.py:paper" if FLAGS.mode == "eval" else "configs/segic.py:demo"

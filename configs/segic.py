@@ -72,6 +72,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     # normalises each GPU's 4 episodes by their mask count and averages 8 GPUs' gradients; 0: one batch
     c.train.loss_group = 4
     c.train.head_init = "pytorch"  # the original's initialisation (PyTorch defaults); "flax": Flax's
+    # fine-tune: a converted SEGIC directory, a training run's export/, or a release name
+    # (segic_dinov2_l_80kx12e): the head starts from its weights and the frozen encoders are its own
+    c.train.init_from = ""
     c.train.samples_per_epoch = 80_000
     c.train.epochs = 12
     c.train.num_steps = 0  # 0: epochs x samples_per_epoch / global_batch_size

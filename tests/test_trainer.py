@@ -1,6 +1,7 @@
 """The training loop on tiny random models: exact resume (also after SIGTERM), partial checkpoints,
 the exported model, the paper mixture on fake datasets, main.py, 8 devices vs 1, clear errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -140,6 +141,51 @@ def test_a_partially_written_checkpoint_is_never_loaded(uninterrupted, data_dir,
         assert trainer.restore() and trainer.state.step == 4
     finally:
         trainer.close()
+
+
+def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(uninterrupted, data_dir, tmp_path):
+    from segic_jax import checkpoints
+    from segic_jax.models import bundle, segic
+
+    _, summary = uninterrupted
+    export = summary["export"]
+    config = tiny_config(data_dir, **{"train.num_steps": 2, "train.init_from": export, "eval.every_steps": 2,
+                                      "eval.at_start": True, "dinov2.depth": 7, "clip.width": 16})
+    tuned = trainer_lib.Trainer(config, str(tmp_path / "tune"))  # the encoders are the export's, not the config's
+    try:
+        saved = bundle.load(export)
+        for model, here in ((saved.head, tuned.head), (saved.encoder, tuned.encoder), (saved.text_model, tuned.text_model)):
+            want, got = checkpoints.module_params(model), checkpoints.module_params(here)
+            assert sorted(want) == sorted(got)
+            for name in want:
+                np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
+        result = tuned.run()
+    finally:
+        tuned.close()
+    assert result["init_from"] == export and result["step"] == 2
+    table = trainer_lib.report(result, config)
+    assert "before fine-tuning" in table and "fine-tuned model" in table and "untrained" not in table
+    tuned_head = checkpoints.module_params(segic.load(os.path.join(result["export"], "head")))
+    start = checkpoints.module_params(saved.head)
+    assert any(not np.array_equal(tuned_head[k], start[k]) for k in start)  # it trained from there
+
+    with pytest.raises(ValueError, match=r"init_from brings its own encoders"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"train.init_from": export, "clip.checkpoint": export}), str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError, match=r"init_from=.*nope: no such directory, nor a release name"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"train.init_from": str(tmp_path / "nope")}), str(tmp_path / "y"))
+    # a head whose tensors do not fit: each is named with both shapes
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(export, other)
+    head = segic.load(str(other / "head"))
+    cfg = dataclasses.replace(head.cfg, dim=head.cfg.dim // 2)
+    small = segic.SegicHead(cfg, rngs=__import__("flax").nnx.Rngs(0))
+    shutil.rmtree(other / "head")
+    checkpoints.save_model(str(other / "head"), segic.SegicHead, cfg, checkpoints.module_params(small))
+    with pytest.raises(ValueError, match=r"the head of .*other was built otherwise \(dim: 128 there, 256 here\)"):
+        trainer_lib.Trainer(tiny_config(data_dir, **{"train.init_from": str(other)}), str(tmp_path / "z"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
 def test_exported_model_loads_in_the_predictor(uninterrupted, data_dir, rng):

@@ -13,6 +13,7 @@ A directory is written whole or not at all (`atomic_files.atomic_directory`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Mapping, NamedTuple, Sequence
@@ -54,6 +55,36 @@ def check(path: str) -> None:
                 f"{path} is not a converted SEGIC checkpoint: it has no {part}/ "
                 "(write one with `python -m segic_jax.convert segic ...`)"
             )
+
+
+def part_path(path: str, part: str) -> str:
+    """The directory of one model (HEAD, DINOV2 or CLIP_TEXT) of a converted SEGIC at `path`."""
+    if part not in PARTS:
+        raise ValueError(f"a converted SEGIC has no part {part!r}; its parts are {', '.join(PARTS)}")
+    return os.path.join(path, part)
+
+
+def load_head_weights(head: segic.SegicHead, path: str) -> segic.SegicHead:
+    """`head` holding the weights of the head of the converted SEGIC at `path` (to fine-tune it).
+    Its config may differ from the saved one in the image size alone (no weight depends on it);
+    any other difference, and every tensor whose name or shape differs, is named in the error."""
+    check(path)
+    saved_config = head_config(path)
+    differ = [f"{k}: {v!r} there, {getattr(head.cfg, k)!r} here" for k, v in dataclasses.asdict(saved_config).items()
+              if k != "image_size" and getattr(head.cfg, k) != v]
+    if differ:
+        raise ValueError(f"the head of {path} was built otherwise ({'; '.join(differ)}); fine-tune it with the "
+                         "encoders it was trained with (drop config.dinov2.* / config.clip.* changes)")
+    saved = checkpoints.module_params(segic.load(os.path.join(path, HEAD)))
+    here = checkpoints.module_params(head)
+    problems = [f"{k}: {tuple(saved[k].shape)} there, {tuple(here[k].shape)} here"
+                for k in sorted(set(saved) & set(here)) if tuple(saved[k].shape) != tuple(here[k].shape)]
+    problems += [f"{k}: missing there" for k in sorted(set(here) - set(saved))]
+    problems += [f"{k}: not in this head" for k in sorted(set(saved) - set(here))]
+    if problems:
+        raise ValueError(f"the head of {path} does not fit this config's head: " + "; ".join(problems[:6])
+                         + ("; ..." if len(problems) > 6 else ""))
+    return checkpoints.with_params(head, saved)
 
 
 def head_config(path: str) -> segic.SegicConfig:

@@ -32,24 +32,26 @@ def matmul_precision(dtype) -> str:
     return "highest" if dtype == jnp.float32 else "default"
 
 
-def build_encoder(config) -> tuple[dinov2.Dinov2, str]:
-    """Frozen DINOv2 from config.dinov2: converted weights (`checkpoint`) or a random `arch`
-    (optionally cut to `depth` blocks); returns the model and a note saying which."""
+def build_encoder(config, checkpoint: str = "") -> tuple[dinov2.Dinov2, str]:
+    """Frozen DINOv2 from `checkpoint` or config.dinov2: converted weights (`checkpoint`) or a random
+    `arch` (optionally cut to `depth` blocks); returns the model and a note saying which."""
     dtype = compute_dtype(config.dtype, "config.dtype")
-    if config.dinov2.checkpoint:
-        return dinov2.load(config.dinov2.checkpoint, dtype=dtype), f"converted weights from {config.dinov2.checkpoint}"
+    checkpoint = checkpoint or config.dinov2.checkpoint
+    if checkpoint:
+        return dinov2.load(checkpoint, dtype=dtype), f"converted weights from {checkpoint}"
     overrides = {"depth": config.dinov2.depth} if config.dinov2.get("depth", 0) else {}
     cfg = dinov2.dinov2_config(config.dinov2.arch, **overrides)
     return dinov2.Dinov2(cfg, dtype=dtype, rngs=nnx.Rngs(config.seed)), f"random {config.dinov2.arch} weights"
 
 
-def build_text_encoder(config) -> tuple[clip_text.ClipTextModel, clip_text.ClipTokenizer, str]:
-    """Frozen CLIP text model and tokenizer: converted (config.clip.checkpoint) or a random model of
-    config.clip.width / depth with the byte-level tokenizer (no download)."""
+def build_text_encoder(config, checkpoint: str = "") -> tuple[clip_text.ClipTextModel, clip_text.ClipTokenizer, str]:
+    """Frozen CLIP text model and tokenizer: converted (`checkpoint`, or config.clip.checkpoint) or a
+    random model of config.clip.width / depth with the byte-level tokenizer (no download)."""
     dtype = compute_dtype(config.dtype, "config.dtype")
-    if config.clip.checkpoint:
-        model = clip_text.load(config.clip.checkpoint, dtype=dtype)
-        return model, clip_text.ClipTokenizer.from_folder(config.clip.checkpoint), f"converted weights from {config.clip.checkpoint}"
+    checkpoint = checkpoint or config.clip.checkpoint
+    if checkpoint:
+        model = clip_text.load(checkpoint, dtype=dtype)
+        return model, clip_text.ClipTokenizer.from_folder(checkpoint), f"converted weights from {checkpoint}"
     vocab = clip_text.byte_vocab()
     cfg = clip_text.ClipTextConfig(
         vocab_size=len(vocab), width=config.clip.width, depth=config.clip.depth, num_heads=max(1, config.clip.width // 64),

@@ -47,6 +47,24 @@ from segic_jax.training import checkpointing
 from segic_jax.training.checkpointing import Checkpoints, TrainState
 from segic_jax.training.writer import MetricWriter
 
+def _fine_tuned(config) -> str:
+    """The converted SEGIC that config.train.init_from names (a release is fetched once), or ""."""
+    name = config.train.init_from
+    if not name:
+        return ""
+    if config.dinov2.checkpoint or config.clip.checkpoint:
+        raise ValueError("config.train.init_from brings its own encoders: leave config.dinov2.checkpoint and "
+                         "config.clip.checkpoint empty")
+    from segic_jax import pretrained
+
+    path = pretrained.checkpoint_path(os.path.expanduser(name))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.train.init_from={name}: no such directory, nor a release name "
+                                f"({', '.join(pretrained.RELEASES)})")
+    bundle.check(path)
+    return os.path.abspath(path)
+
+
 def new_head(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel) -> SegicHead:
     """A freshly initialised head for these encoders at config.image_size."""
     if config.image_size % 14:
@@ -102,11 +120,15 @@ class Trainer:
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
         rows = mesh_lib.local_rows(self.batch_sharding, c.train.global_batch_size)
 
-        # --- models: frozen encoders, a new head
-        self.encoder, enc_note = build_encoder(c)
-        self.text_model, self.tokenizer, text_note = build_text_encoder(c)
+        # --- models: frozen encoders and a new head, or those of the model to fine-tune
+        self.init_from = start = _fine_tuned(c)
+        self.clip_dir = bundle.part_path(start, bundle.CLIP_TEXT) if start else c.clip.checkpoint
+        self.encoder, enc_note = build_encoder(c, bundle.part_path(start, bundle.DINOV2) if start else "")
+        self.text_model, self.tokenizer, text_note = build_text_encoder(c, self.clip_dir)
         self.head = new_head(c, self.encoder, self.text_model)
-        self.notes = {"dinov2": enc_note, "clip_text": text_note}
+        if start:
+            self.head = bundle.load_head_weights(self.head, start)
+        self.notes = {"dinov2": enc_note, "clip_text": text_note, **({"init_from": start} if start else {})}
 
         # --- input: complete batches (episodes and their prompts) from data/; batch s is step s's
         self.data_dir = os.path.abspath(os.path.expanduser(c.data.data_dir))
@@ -221,7 +243,7 @@ class Trainer:
 
     def export(self, out_dir: str | None = None) -> str:
         """The trained head with the frozen encoders as an inference checkpoint."""
-        tokenizer = clip_text.tokenizer_files(self.config.clip.checkpoint) if self.config.clip.checkpoint else None
+        tokenizer = clip_text.tokenizer_files(self.clip_dir) if self.clip_dir else None
         return bundle.save(
             out_dir or os.path.join(self.workdir, "export"),
             bundle.module_part(self.current_head(), "segic-jax training"),
@@ -247,7 +269,7 @@ class Trainer:
         losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
         if c.eval.every_steps and c.eval.at_start and not resumed:
             evals["untrained"] = self.evaluate("untrained")
-            print(f"step 0 (untrained): {_format_eval(evals['untrained'])}", flush=True)
+            print(f"step 0 ({_start_label(c)}): {_format_eval(evals['untrained'])}", flush=True)
 
         # --- loop: step, log, checkpoint, evaluate
         start_step, t0 = self.state.step, time.time()
@@ -418,6 +440,11 @@ class _Progress:
         self.bar.write(line)
 
 
+def _start_label(config) -> str:
+    """What the evaluation at step 0 measures: an untrained head, or the model before fine-tuning."""
+    return "before fine-tuning" if config.train.init_from else "untrained"
+
+
 def _format_eval(result: dict) -> str:
     keys = [k for k in ("miou", "baseline_miou", "fb_iou") if k in result]
     return ", ".join(f"{k} {result[k]:.1f}" for k in keys)
@@ -459,9 +486,10 @@ def report(summary: dict, config) -> str:
         last = evals[max((k for k in evals if k.startswith("step_")), key=lambda k: int(k[5:]), default="untrained")]
         name = f"{config.eval.benchmark} ({config.eval.episodes} held-out episodes)"
         lines.append(f"{name} mIoU:")
+        before, after = ("before fine-tuning", "fine-tuned model") if config.train.init_from else ("untrained model", "trained model")
         if "untrained" in evals:
-            lines.append(f"  untrained model            {evals['untrained']['miou']:6.1f}")
-        lines.append(f"  trained model              {last['miou']:6.1f}")
+            lines.append(f"  {before:<27}{evals['untrained']['miou']:6.1f}")
+        lines.append(f"  {after:<27}{last['miou']:6.1f}")
         lines.append(f"  propagated-mask baseline   {last['baseline_miou']:6.1f}  (similarity > 0.5, no decoder)")
     if summary.get("export"):
         lines.append(f"inference checkpoint: {summary['export']} (python main.py --mode predict --checkpoint ...)")

@@ -4,6 +4,7 @@
     python -m segic_jax.data.build lvis_instances --manual_dir ~/data/lvis --data_dir data/
     python -m segic_jax.data.build synthetic_incontext --data_dir data/     # built-in, no files needed
     python -m segic_jax.data.build synthetic_incontext/tiny --data_dir data/
+    python -m segic_jax.data.build user_masks/pets --manual_dir ~/pets --data_dir data/   # your data (docs/your_data.md)
 
 TFDS writes into a temporary folder and renames it when the build is complete, so an interrupted
 build leaves nothing that reads as a dataset; a build that fails (a full disk) removes what it made.
@@ -37,7 +38,11 @@ SOURCES = {
     "fss1000": "FSS-1000: <class>/N.jpg + N.png, splits/{trn,val,test}.txt",
     "davis2017": "DAVIS 2017: JPEGImages/480p, Annotations/480p, ImageSets/2017",
     "youtube_vos": "YouTube-VOS 2018: {train,valid}/{JPEGImages,Annotations,meta.json}",
+    "user_coco": "your data: annotations.json (COCO instances) + images/",
+    "user_masks": "your data: images/<stem>.jpg, masks/<stem>.png (class indices), classes.txt",
+    "user_folders": "your data: <class>/<stem>.jpg + <class>/<stem>.png, as FSS-1000",
 }
+USER_DATA = ("user_coco", "user_masks", "user_folders")  # split by --split_by/--test_fraction/--seed or lists
 DEFAULT_DATA_DIR = "data"
 LOCK_FILE = ".build.lock"  # in <data_dir>/<dataset>/
 
@@ -77,7 +82,8 @@ def is_built(name: str, data_dir: str) -> bool:
         return builder.is_prepared()
 
 
-def _builder(name: str, data_dir: str, manual_dir: str | None, splits: list[str] | None, splits_dir: str | None):
+def _builder(name: str, data_dir: str, manual_dir: str | None, splits: list[str] | None, splits_dir: str | None,
+             split_options: dict | None = None):
     """The builder of `name` over `data_dir` with the build's options, and the splits it will make
     (None for the built-in dataset), after every check of the inputs (nothing is written)."""
     from segic_jax.data.builders.common import require_dir
@@ -88,6 +94,11 @@ def _builder(name: str, data_dir: str, manual_dir: str | None, splits: list[str]
         if not hasattr(builder, "splits_dir"):
             raise ValueError(f"--splits_dir is for coco20i_semantic (HSNet's lists), not {dataset}")
         builder.splits_dir = splits_dir
+    for option, value in (split_options or {}).items():
+        if value is not None:
+            if dataset not in USER_DATA:
+                raise ValueError(f"--{option} is for your own data ({', '.join(USER_DATA)}), not {dataset}")
+            setattr(builder, option, value)
     if dataset in NEEDS_NO_FILES:
         return builder, None
     if not manual_dir:
@@ -98,24 +109,26 @@ def _builder(name: str, data_dir: str, manual_dir: str | None, splits: list[str]
 
 
 def build(name: str, manual_dir: str | None, data_dir: str, *, progress: bool = True,
-          splits: list[str] | None = None, splits_dir: str | None = None):
+          splits: list[str] | None = None, splits_dir: str | None = None, split_options: dict | None = None):
     """`name` is a dataset, optionally with a config after a slash (synthetic_incontext/tiny).
     `splits` limits the build to those splits (default: all of the dataset's, each of which must be
     present under `manual_dir`). A dataset built earlier without a split asked for now is built again
     with its earlier splits and the new ones. `progress` shows TFDS's progress bars per split.
     `splits_dir`: HSNet's data/splits folder, for coco20i_semantic (default: manual_dir/splits).
+    `split_options`: split_by, test_fraction and seed of a user dataset (user_coco, user_masks,
+    user_folders; None values keep the defaults).
     The inputs are checked first; the build itself holds the dataset's lock (`dataset_lock`)."""
     import tensorflow_datasets as tfds
 
     from segic_jax.atomic_files import check_can_write
 
     dataset = name.partition("/")[0]
-    _builder(name, data_dir, manual_dir, splits, splits_dir)  # every input checked before waiting or writing
+    _builder(name, data_dir, manual_dir, splits, splits_dir, split_options)  # every input checked before waiting or writing
     check_can_write(data_dir, "--data_dir", os.path.abspath(data_dir))
     new_data_dir = not os.path.exists(data_dir)
     with dataset_lock(dataset, data_dir), _removed_on_failure(dataset, data_dir, new_data_dir):
         # what is built now, after any build that held the lock before this one
-        builder, wanted = _builder(name, data_dir, manual_dir, splits, splits_dir)
+        builder, wanted = _builder(name, data_dir, manual_dir, splits, splits_dir, split_options)
         mode = None
         if wanted is not None:
             with quiet_tfds():
@@ -275,7 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m segic_jax.data.build",
         description=__doc__.split("\n")[0],
-        epilog=f"datasets (NAME):\n{datasets}\n\nThe module docstrings in segic_jax/data/builders/ give each layout.",
+        epilog=f"datasets (NAME):\n{datasets}\n\nThe module docstrings in segic_jax/data/builders/ give each layout. "
+               "Your own data: NAME is user_coco, user_masks or user_folders followed by /<your dataset's name> "
+               "(lower case, digits, _), so that several coexist in one --data_dir; docs/your_data.md shows the layouts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("name", metavar="NAME", help="dataset[/config], e.g. coco_instances or synthetic_incontext/tiny")
@@ -284,6 +299,12 @@ def _parser() -> argparse.ArgumentParser:
                                          "the dataset's, each required)")
     parser.add_argument("--splits_dir", help="coco20i_semantic: HSNet's data/splits folder, whose coco/{trn,val}/fold*.pkl "
                                              "lists give the paper's episode pools (default: MANUAL_DIR/splits)")
+    parser.add_argument("--split_by", choices=("images", "classes"),
+                        help="your data without train.txt/test.txt: hold out images (default) or whole classes "
+                             "(the test split then shows only classes train never has)")
+    parser.add_argument("--test_fraction", type=float, help="your data: the share of images or classes held out "
+                                                             "for the test split (default 0.2)")
+    parser.add_argument("--seed", type=int, help="your data: the seed of the held-out draw (default 0)")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                         help="where the TFDS dataset is written (default: %(default)s; the demo uses ~/.cache/segic_jax/data)")
     return parser
@@ -312,7 +333,8 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         splits = [x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None
-        builder = build(args.name, args.manual_dir, args.data_dir, splits=splits, splits_dir=args.splits_dir)
+        builder = build(args.name, args.manual_dir, args.data_dir, splits=splits, splits_dir=args.splits_dir,
+                        split_options=dict(split_by=args.split_by, test_fraction=args.test_fraction, seed=args.seed))
     except ValueError as e:  # LayoutError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -141,3 +141,94 @@ def multi_object_scene(rng: np.random.Generator, classes: list[ObjectClass], siz
         np.stack([masks[i] for i in keep]) if keep else np.zeros((0, size, size), bool),
         np.asarray([labels[i] for i in keep], np.int64),
     )
+
+
+USER_LAYOUTS = ("coco", "masks", "folders")
+
+
+def _user_scenes(seed: int, classes: list[ObjectClass], count: int, size: int):
+    """`count` scenes [(image, [(mask, class index)])]: image i shows class i % len(classes), and
+    every fourth a second class too (so that a held-out class leaves images to train on)."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for i in range(count):
+        image = _background(rng, size)
+        wanted = [i % len(classes)] + ([(i + 1) % len(classes)] if i % 4 == 3 else [])
+        masks, occupied = [], np.zeros((size, size), bool)
+        for c in wanted:
+            mask = _paint(image, rng, classes[c], size, rng.uniform(0.18, 0.26) * size, avoid=occupied)
+            masks = [(m & ~mask, k) for m, k in masks]
+            masks.append((mask, c))
+            occupied |= mask
+        scenes.append((np.clip(image, 0, 255).astype(np.uint8), [(m, k) for m, k in masks if m.any()]))
+    return scenes
+
+
+def write_user_layouts(root: str, seed: int = 0, n_classes: int = 3, images_per_class: int = 4,
+                       size: int = 48) -> dict[str, str]:
+    """A small dataset of synthetic scenes in each layout `python -m segic_jax.data.build` reads your
+    own data in (docs/your_data.md), under root/coco (user_coco: annotations.json with polygons,
+    compressed RLE and crowd RLE; images/), root/masks (user_masks: images/, masks/ class-index PNGs
+    with a 255 (ignored) top row, classes.txt) and root/folders (user_folders: <class>/<stem>.jpg
+    and .png). Returns {layout: its folder}."""
+    import json
+    import os
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    everything = all_classes()
+    classes = [everything[(7 * i + 1) % len(everything)] for i in range(n_classes)]
+    count = n_classes * images_per_class
+    out = {layout: os.path.join(root, layout) for layout in USER_LAYOUTS}
+
+    # user_masks
+    scenes = _user_scenes(seed, classes, count, size)
+    os.makedirs(os.path.join(out["masks"], "images"), exist_ok=True)
+    os.makedirs(os.path.join(out["masks"], "masks"), exist_ok=True)
+    with open(os.path.join(out["masks"], "classes.txt"), "w") as f:
+        f.write("".join(c.name + "\n" for c in classes))
+    for i, (image, objects) in enumerate(scenes):
+        label = np.zeros((size, size), np.uint8)
+        for mask, c in objects:
+            label[mask] = c + 1
+        label[0] = 255
+        Image.fromarray(image).save(os.path.join(out["masks"], "images", f"scene_{i:02d}.png"))
+        Image.fromarray(label).save(os.path.join(out["masks"], "masks", f"scene_{i:02d}.png"))
+
+    # user_coco: the same scenes, their objects as polygons (the mask's box), compressed RLE and crowd RLE
+    os.makedirs(os.path.join(out["coco"], "images"), exist_ok=True)
+    images, annotations = [], []
+    for i, (image, objects) in enumerate(scenes):
+        Image.fromarray(image).save(os.path.join(out["coco"], "images", f"scene_{i:02d}.png"))
+        images.append(dict(id=100 + i, file_name=f"scene_{i:02d}.png", height=size, width=size))
+        for mask, c in objects:
+            ys, xs = np.nonzero(mask)
+            x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            form = len(annotations) % 3
+            if form == 0:
+                segmentation, crowd = [[x0, y0, x1, y0, x1, y1, x0, y1]], 0
+            elif form == 1:
+                enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                segmentation, crowd = {"size": [size, size], "counts": enc["counts"].decode()}, 0
+            else:
+                flat = mask.flatten(order="F").astype(np.int8)
+                edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+                segmentation, crowd = {"size": [size, size], "counts": np.diff(np.concatenate([[0], edges])).tolist()}, 1
+            annotations.append(dict(id=len(annotations) + 1, image_id=100 + i, category_id=10 * (c + 1),
+                                    iscrowd=crowd, bbox=[x0, y0, x1 - x0, y1 - y0], segmentation=segmentation,
+                                    area=float(mask.sum())))
+    categories = [dict(id=10 * (c + 1), name=cls.name) for c, cls in enumerate(classes)]
+    with open(os.path.join(out["coco"], "annotations.json"), "w") as f:
+        json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+
+    # user_folders: one object per image, a folder per class
+    rng = np.random.default_rng(seed + 1)
+    for c, cls in enumerate(classes):
+        folder = os.path.join(out["folders"], cls.name.replace(" ", "_"))
+        os.makedirs(folder, exist_ok=True)
+        for n in range(images_per_class):
+            image, mask = scene(rng, cls, size, distractors=2)
+            Image.fromarray(image).save(os.path.join(folder, f"{n + 1}.jpg"), quality=95)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(folder, f"{n + 1}.png"))
+    return out

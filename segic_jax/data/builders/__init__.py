@@ -4,6 +4,7 @@ from segic_jax.data.builders.fewshot import Fss1000
 from segic_jax.data.builders.instances import CocoInstances, LvisInstances
 from segic_jax.data.builders.semantic import Ade20kSemantic, Coco20iSemantic
 from segic_jax.data.builders.synthetic import SyntheticIncontext
+from segic_jax.data.builders.user import UserCoco, UserFolders, UserMasks
 from segic_jax.data.builders.video import Davis2017, YoutubeVos
 
 BUILDERS = {
@@ -15,6 +16,9 @@ BUILDERS = {
     "fss1000": Fss1000,
     "davis2017": Davis2017,
     "youtube_vos": YoutubeVos,
+    "user_coco": UserCoco,
+    "user_masks": UserMasks,
+    "user_folders": UserFolders,
 }
 
 

@@ -193,14 +193,18 @@ def _save(path, array):
     return str(path)
 
 
+def _reference_files(rng, folder):
+    """A reference scene and its mask, in memory and as ref.png / ref_mask.png in `folder`."""
+    ref, mask = _scene(rng, 80, 60)
+    return ref, mask, _save(folder / "ref.png", ref), _save(folder / "ref_mask.png", mask.astype(np.uint8) * 255)
+
+
 def _run_cli(*args):
     return subprocess.run([sys.executable, "main.py", "--mode", "predict", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_predict_command_writes_masks_overlays_and_heatmaps(tiny, rng, tmp_path):
-    ref, mask = _scene(rng, 80, 60)
-    ref_path = _save(tmp_path / "ref.png", ref)
-    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    ref, mask, ref_path, mask_path = _reference_files(rng, tmp_path)
     targets = tmp_path / "targets"
     targets.mkdir()
     _save(targets / "a.jpg", _scene(rng, 70, 90)[0])
@@ -429,9 +433,7 @@ def test_batched_episodes_equal_episodes_one_by_one(tiny, rng):
 def test_predict_streams_a_folder_skips_unreadable_targets_and_names_them(tiny, predictor, rng, tmp_path):
     from segic_jax.inference import segment_files
 
-    ref, mask = _scene(rng, 80, 60)
-    ref_path = _save(tmp_path / "ref.png", ref)
-    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    ref, mask, ref_path, mask_path = _reference_files(rng, tmp_path)
     frames = tmp_path / "frames"
     frames.mkdir()
     images = {}
@@ -473,9 +475,7 @@ def test_images_of_any_shape_are_segmented(predictor, rng):
 def test_predict_stops_on_ctrl_c_with_status_130_and_a_full_disk_is_one_error(tiny, rng, tmp_path, monkeypatch):
     from segic_jax.inference import segment_files
 
-    ref, mask = _scene(rng, 80, 60)
-    ref_path = _save(tmp_path / "ref.png", ref)
-    mask_path = _save(tmp_path / "ref_mask.png", mask.astype(np.uint8) * 255)
+    ref, mask, ref_path, mask_path = _reference_files(rng, tmp_path)
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(12):

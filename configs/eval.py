@@ -7,8 +7,9 @@ Variants after the colon:
   paper      every benchmark of the paper at 896 px (the converted checkpoint's size), 1-shot and
              5-shot, the protocols' episode counts, the original's episode sampling (HSNet's COCO-20i
              lists when coco20i_semantic was built with them, query_as_support), plus coco2017, the
-             original README's COCO command; needs the built datasets (python -m
-             segic_jax.data.build ...) in --config.data_dir.
+             original README's COCO command, YouTube-VOS with the first annotation's objects only
+             (late_objects=False); needs the built datasets (python -m segic_jax.data.build ...) in
+             --config.data_dir.
   synthetic  the synthetic_incontext held-out classes at tiny sizes (the `tiny` build), one-shot:
              a check that runs in seconds, and what training evaluates periodically.
 Shard over separate runs with --config.shard_index=i --config.shard_count=n and the same workdir; a
@@ -57,6 +58,10 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.ade20k_reference_min_area = 0.05  # reference choice rule (eval_episodes.ade20k_references)
     c.synthetic_dataset = v["synthetic_dataset"]  # build of synthetic_incontext to evaluate
     c.vos_memory = "first_latest"  # video: which past frames are references
+    # youtube_vos: False is the paper's protocol (the original reads only each video's first
+    # annotation, so objects that appear later are never segmented); True also tracks each later
+    # object from its first mask. DAVIS 2017 always uses its first frame's objects, as the original.
+    c.late_objects = False
     c.shard_index = 0
     c.shard_count = 1
     c.chunk_size = v["chunk_size"]  # episodes per records file: at most this much is redone after a stop

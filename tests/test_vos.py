@@ -241,7 +241,7 @@ def test_youtube_vos_submission_has_late_objects_and_the_server_layout(predictor
     data = str(tmp_path / "data")
     assert build_cli.main(build_args("youtube_vos", str(tmp_path / "raw"), data)) == 0
     out = tmp_path / "out"
-    counts = vos.write_youtube_vos(predictor, data, str(out))
+    counts = vos.write_youtube_vos(predictor, data, str(out), late_objects=True)
     assert counts == {"videos": 1, "frames": 3, "objects": 2, "late_objects": 1, "skipped": 0,
                       "complete": True, "zip": str(out / "submission.zip")}
     names = ["00000", "00005", "00010"]
@@ -255,11 +255,13 @@ def test_youtube_vos_submission_has_late_objects_and_the_server_layout(predictor
         assert sorted(z.namelist()) == [f"Annotations/0a1b2c3d/{n}.png" for n in names]
         np.testing.assert_array_equal(np.asarray(Image.open(z.open("Annotations/0a1b2c3d/00010.png"))), pngs[2])
 
-    again = vos.write_youtube_vos(predictor, data, str(out))
+    again = vos.write_youtube_vos(predictor, data, str(out), late_objects=True)
     assert again["skipped"] == 1 and again["videos"] == 0 and again["zip"] == counts["zip"]
+    with pytest.raises(ValueError, match="segmented with late_objects=True; this run has late_objects=False"):
+        vos.write_youtube_vos(predictor, data, str(out))  # its videos would be skipped: a mixed submission
 
     original = tmp_path / "as_segic"
-    counts = vos.write_youtube_vos(predictor, data, str(original), late_objects=False)
+    counts = vos.write_youtube_vos(predictor, data, str(original))  # the default: the original's protocol
     assert counts["objects"] == 1 and counts["late_objects"] == 1
     for n in names:
         assert not (np.asarray(Image.open(original / "Annotations" / "0a1b2c3d" / f"{n}.png")) == 2).any()
@@ -289,3 +291,42 @@ def test_evaluation_modules_do_not_import_tensorflow(tmp_path):
                             env=python_path(site, root), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not mark.exists()
+
+
+def test_paper_config_leaves_late_youtube_vos_objects_out_as_the_original(checkpoint, tmp_path):
+    """The original reads only each video's first annotation: configs/eval.py:paper does the same
+    through main.py's evaluation (`run`), and late_objects=True, the named option, tracks the object
+    that appears later (the fake's object 2, first annotated in frame 00010)."""
+    import importlib.util
+
+    import ml_collections
+
+    from segic_jax.evaluation.evaluate import run
+
+    write_youtube_vos(str(tmp_path / "raw"), np.random.default_rng(2))
+    data = str(tmp_path / "data")
+    assert build_cli.main(build_args("youtube_vos", str(tmp_path / "raw"), data)) == 0
+    spec = importlib.util.spec_from_file_location("eval_config", os.path.join(os.path.dirname(__file__), "..", "configs", "eval.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    later = np.asarray(Image.open(tmp_path / "raw" / "valid" / "Annotations" / "0a1b2c3d" / "00010.png")) == 2
+
+    def labels(workdir, late_objects=None):
+        config = module.get_config("paper")
+        config.update(dict(checkpoint=checkpoint, data_dir=data, benchmarks=("youtube_vos",), image_size=0))
+        if late_objects is not None:  # a plain ConfigDict, as a config.json read back is: any type is taken
+            config = ml_collections.ConfigDict({**config.to_dict(), "late_objects": late_objects})
+        results = run(config, str(workdir))
+        frames = [np.asarray(Image.open(workdir / "youtube_vos" / "Annotations" / "0a1b2c3d" / f"{n}.png"))
+                  for n in ("00000", "00005", "00010")]
+        return results, frames
+
+    paper, frames = labels(tmp_path / "paper")
+    assert paper["video"]["youtube_vos"]["objects"] == 1 and paper["video"]["youtube_vos"]["late_objects"] == 1
+    assert not any((f == 2).any() for f in frames)
+    assert "late_objects=False" in paper["protocols"]["youtube_vos"] and "the paper's protocol" in paper["protocols"]["youtube_vos"]
+    tracked, frames = labels(tmp_path / "tracked", late_objects=True)
+    assert tracked["video"]["youtube_vos"]["objects"] == 2 and (frames[2][later] == 2).all()
+    assert "NOT the paper's protocol" in tracked["protocols"]["youtube_vos"]
+    with pytest.raises(ValueError, match="config.late_objects must be True or False, got 'yes'"):
+        labels(tmp_path / "bad", late_objects="yes")

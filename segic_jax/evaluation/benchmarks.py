@@ -109,6 +109,23 @@ VIDEO = {
 KNOWN = sorted(BENCHMARKS) + sorted(VIDEO)
 
 
+def video_protocol(benchmark: str, *, late_objects: bool) -> str:
+    """A video benchmark's protocol text with the `late_objects` setting this run used and whether it
+    is the original's (the paper's). The original reads only each video's first annotation file: on
+    DAVIS 2017 every object is in it; on YouTube-VOS an object first annotated later is never
+    segmented."""
+    text = VIDEO[benchmark]
+    if benchmark == "davis2017":
+        return text + " Objects: those of the first frame's mask, as the original (late_objects does not apply)."
+    if late_objects:
+        return text + (" Objects: late_objects=True, an object first annotated after the video's first annotation "
+                       "joins at its first mask and is tracked from there; NOT the paper's protocol "
+                       "(late_objects=False).")
+    return text + (" Objects: late_objects=False, only those of each video's first annotation, the paper's "
+                   "protocol (the original reads only that annotation; objects appearing later are never "
+                   "segmented).")
+
+
 def check_benchmark(benchmark: str) -> None:
     if benchmark not in BENCHMARKS and benchmark not in VIDEO:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {KNOWN}")

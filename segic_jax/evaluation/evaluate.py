@@ -47,7 +47,7 @@ from segic_jax.data import eval_episodes
 from segic_jax.data.sources import class_names, data_source, decode_semantic, episode_pools
 from segic_jax.evaluation import records, report
 from segic_jax.evaluation.benchmarks import (BENCHMARKS, KNOWN, QUERY_AS_SUPPORT, VIDEO, baseline_protocol,
-                                             check_benchmark, folds, protocol)
+                                             check_benchmark, folds, protocol, video_protocol)
 from segic_jax.evaluation.metrics import IoUMeter, confusion
 from segic_jax.inference.predictor import Context, Episode, Predictor
 from segic_jax.models import bundle
@@ -345,12 +345,14 @@ def _after_every_shard(work: Callable[[], Any], joint: bool, everyone: bool = Tr
     return result
 
 
-def _video(benchmark: str, predictor, data_dir: str, out_dir: str, memory: str, shard: tuple[int, int]) -> dict:
+def _video(benchmark: str, predictor, data_dir: str, out_dir: str, memory: str, shard: tuple[int, int],
+           late_objects: bool = False) -> dict:
     from segic_jax.evaluation import vos  # written separately; imported only when a video benchmark runs
 
-    if benchmark == "davis2017":
+    if benchmark == "davis2017":  # the first frame's objects, as the original (late_objects does not apply)
         return vos.evaluate_davis2017(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1])
-    return vos.write_youtube_vos(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1])
+    return vos.write_youtube_vos(predictor, data_dir, out_dir, memory=memory, shard_index=shard[0], shard_count=shard[1],
+                                 late_objects=late_objects)
 
 
 def evaluate(
@@ -373,6 +375,7 @@ def evaluate(
     model: Any = "",
     progress: bool = True,
     query_as_support: bool = True,
+    late_objects: bool = False,
 ) -> dict:
     """Evaluate an in-memory predictor on one benchmark; returns its scores.
 
@@ -380,7 +383,9 @@ def evaluate(
     and averaged ("folds" holds each). episodes: per fold, 0 for
     the protocol's count (for fss1000 / ade20k, a seeded subset of the images). dataset: another
     build of the benchmark's dataset (e.g. "synthetic_incontext/tiny"). query_as_support: lvis92i and
-    coco2017 reference choice (`benchmarks.protocol`; True is the original's). workdir: where
+    coco2017 reference choice (`benchmarks.protocol`; True is the original's). late_objects:
+    youtube_vos also segments objects first annotated after a video's first annotation
+    (`benchmarks.video_protocol`; False, only the first annotation's objects, is the original's). workdir: where
     per-episode records go (needed to resume or shard; records of other weights must not share it, and
     `model` is stored with them to catch that). Few-shot results hold "miou", "fb_iou",
     "baseline_miou", "baseline_fb_iou", "episodes", per-class "classes" (or "folds"), and
@@ -396,7 +401,8 @@ def evaluate(
         if not workdir:
             raise ValueError(f"{benchmark} writes its predicted masks: give a workdir")
         out_dir = os.path.join(workdir, benchmark)
-        return _after_every_shard(lambda: _video(benchmark, predictor, data_dir, out_dir, memory, shard), joint, everyone=False)
+        return _after_every_shard(lambda: _video(benchmark, predictor, data_dir, out_dir, memory, shard, late_objects),
+                                  joint, everyone=False)
     options = Options(episodes, seed, baseline_threshold, reference_min_area, chunk_size, model, progress,
                       query_as_support)
     asked_folds = [fold] if isinstance(fold, int) else fold
@@ -421,6 +427,8 @@ def _check_config(config) -> None:
     records.check_shard(config.shard_index, config.shard_count)
     if not isinstance(config.query_as_support, bool):
         raise ValueError(f"config.query_as_support must be True or False, got {config.query_as_support!r}")
+    if not isinstance(config.late_objects, bool):
+        raise ValueError(f"config.late_objects must be True or False, got {config.late_objects!r}")
     if not config.checkpoint:
         raise ValueError("set --config.checkpoint to a converted SEGIC directory (python -m segic_jax.convert segic ...)")
 
@@ -466,7 +474,8 @@ def run(config, workdir: str) -> dict:
 
     benchmarks = _after_every_shard(few_shot_results, joint)
     video = _after_every_shard(lambda: {
-        b: _video(b, get_predictor(), config.data_dir, os.path.join(workdir, b), config.vos_memory, shard)
+        b: _video(b, get_predictor(), config.data_dir, os.path.join(workdir, b), config.vos_memory, shard,
+                  config.late_objects)
         for b in config.benchmarks if b in VIDEO
     }, joint, everyone=False)
 
@@ -480,7 +489,7 @@ def run(config, workdir: str) -> dict:
         "complete": True,
         "model": options.model,
         "config": config.to_dict(),
-        "protocols": {**{b: protocol(b, query_as_support=options.query_as_support, pools=pools[b]) for b in few_shot}, **{b: VIDEO[b] for b in video},
+        "protocols": {**{b: protocol(b, query_as_support=options.query_as_support, pools=pools[b]) for b in few_shot}, **{b: video_protocol(b, late_objects=config.late_objects) for b in video},
                       "baseline": baseline_protocol(config.baseline_threshold)},
         "benchmarks": benchmarks,
         "video": video,

@@ -15,10 +15,10 @@ segments videos shard_index, shard_index + shard_count, ...; whichever call find
 written scores them (DAVIS; `summarize_davis2017` does it alone) or writes the zip (YouTube-VOS).
 
 DAVIS is semi-supervised from the first frame's masks only. YouTube-VOS gives each object's mask in
-the frame where it first appears: with `late_objects=True` (the default) an object that appears
-after the first frame enters the memory there and is propagated from then on, and each given mask
-is written as given. SEGIC reads only the first annotation and never segments later objects;
-`late_objects=False` reproduces that.
+the frame where it first appears. SEGIC reads only each video's first annotation and never segments
+objects that appear later: `late_objects=False` (the default) is that, the paper's protocol. With
+`late_objects=True` an object that appears after the first annotation enters the memory at its
+first mask and is propagated from then on, and each given mask is written as given.
 """
 
 from __future__ import annotations
@@ -132,17 +132,20 @@ def write_youtube_vos(
     memory: str = "first_latest",
     shard_index: int = 0,
     shard_count: int = 1,
-    late_objects: bool = True,
+    late_objects: bool = False,
 ) -> dict:
     """Segment the YouTube-VOS 2018 valid videos into the submission layout.
 
     Returns counts for the videos this call segmented: "videos", "frames", "objects" and
     "late_objects" (objects first annotated after the video's first annotation; segmented only
-    with `late_objects`), "skipped" (found on disk), "complete" (every video written) and "zip"
-    (the submission's path once complete, else None).
+    with `late_objects=True`, not by the paper's protocol), "skipped" (found on disk), "complete"
+    (every video written) and "zip" (the submission's path once complete, else None). The setting
+    is recorded in <out_dir>/late_objects.json: a rerun with the other one is refused, since the
+    videos already written would be skipped and the submission would mix both.
     """
     check_shard(shard_index, shard_count)
     source = _source("youtube_vos", "valid", data_dir)
+    _check_late_objects(out_dir, late_objects)
     root = os.path.join(out_dir, "Annotations")
     propagator = VideoPropagator(predictor, memory)
     counts = {"videos": 0, "frames": 0, "objects": 0, "late_objects": 0, "skipped": 0}
@@ -202,6 +205,23 @@ def davis_palette() -> list[int]:
             b |= ((i >> (3 * bit + 2)) & 1) << (7 - bit)
         palette += [r, g, b]
     return palette
+
+
+def _check_late_objects(out_dir: str, late_objects: bool) -> None:
+    """Record `late_objects` in out_dir, or refuse a setting other than the one recorded there."""
+    import json
+
+    path = os.path.join(out_dir, "late_objects.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            recorded = json.load(f).get("late_objects")
+        if recorded != late_objects:
+            raise ValueError(f"{out_dir} holds YouTube-VOS videos segmented with late_objects={recorded}; this run has "
+                             f"late_objects={late_objects}: use another output folder (workdir)")
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"late_objects": late_objects}, f)
 
 
 def _write_video(folder: str, names: Sequence[str], frames, palette: list[int] | None) -> None:

@@ -12,6 +12,8 @@ Variants after the colon:
              --config.data_dir.
   synthetic  the synthetic_incontext held-out classes at tiny sizes (the `tiny` build), one-shot:
              a check that runs in seconds, and what training evaluates periodically.
+  custom     your own dataset's test split, 1-shot and 5-shot (--config.custom_dataset=user_masks/NAME,
+             a user_coco, user_masks or user_folders build; docs/your_data.md).
 Shard over separate runs with --config.shard_index=i --config.shard_count=n and the same workdir; a
 run with shard_count=1 afterwards merges the records (it evaluates nothing already done). The
 processes of a multi-process job (README, Several hosts) split the work by themselves.
@@ -29,6 +31,10 @@ VARIANTS = {
         benchmarks=("synthetic",), shots=(1,), image_size=0, episodes=16,
         synthetic_dataset="synthetic_incontext/tiny", chunk_size=4, batch_size=1,
     ),
+    "custom": dict(
+        benchmarks=("custom",), shots=(1, 5), image_size=0, episodes=0,
+        synthetic_dataset="synthetic_incontext", chunk_size=50, batch_size=8,
+    ),
 }
 
 
@@ -39,7 +45,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.checkpoint = ""  # converted SEGIC directory (python -m segic_jax.convert segic ...); required
     c.data_dir = "data"  # where the datasets were built (TFDS data_dir)
-    # coco20i coco2017 fss1000 lvis92i ade20k synthetic davis2017 youtube_vos
+    # coco20i coco2017 fss1000 lvis92i ade20k synthetic custom davis2017 youtube_vos
     c.benchmarks = v["benchmarks"]
     c.shots = v["shots"]  # few-shot benchmarks run once per shot count; ade20k and video once
     c.folds = ()  # coco20i / lvis92i folds to run; empty: all (4 / 10)
@@ -57,6 +63,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     c.baseline_threshold = 0.5  # propagated-mask baseline: similarity > this
     c.ade20k_reference_min_area = 0.05  # reference choice rule (eval_episodes.ade20k_references)
     c.synthetic_dataset = v["synthetic_dataset"]  # build of synthetic_incontext to evaluate
+    c.custom_dataset = ""  # the `custom` benchmark's dataset: your build, e.g. user_masks/pets
     c.vos_memory = "first_latest"  # video: which past frames are references
     # youtube_vos: False is the paper's protocol (the original reads only each video's first
     # annotation, so objects that appear later are never segmented); True also tracks each later

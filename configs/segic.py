@@ -20,6 +20,11 @@ Variants after the colon:
          HSNet's lists for the original's COCO training pools).
   paper_bf16  paper with the frozen encoders in bfloat16 and XLA's default matmul precision: the
          named deviation that makes a step faster (benchmarks/RESULTS.md has its effect).
+  finetune  fine-tunes the released SEGIC (train.init_from, fetched once) on your own dataset of a few
+         hundred images (docs/your_data.md): user_masks by default (--config.data.mixture names
+         another build, or adds the paper's datasets by weight), 10 short epochs at lr 1e-4 dropped
+         x0.1 after epoch 8, evaluated on its held-out test split (the `custom` benchmark) before
+         and during fine-tuning.
 Fields are overridden on the command line, e.g. --config.train.global_batch_size=16. The same
 config serves `--mode correspondence` (image_size, dtype, dinov2, seed).
 """
@@ -29,7 +34,7 @@ import ml_collections
 from segic_jax.data import mixture
 
 
-VARIANTS = ("demo", "small", "paper", "paper_bf16")
+VARIANTS = ("demo", "small", "paper", "paper_bf16", "finetune")
 
 
 def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
@@ -124,6 +129,23 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     elif variant == "small":
         c.image_size = 448
         c.dinov2.arch = "vits14"
+    elif variant == "finetune":
+        # a few hundred images: epochs of 400 episodes in batches of 8 (50 steps), 10 of them; the
+        # released model's recipe otherwise (896 px, its own frozen ViT-L/14 and CLIP text)
+        c.train.init_from = "segic_dinov2_l_80kx12e"
+        c.data.mixture = (("user_masks", "train", "class", 1.0), ("user_masks", "train", "instance", 1.0))
+        c.train.global_batch_size = 8
+        c.train.loss_group = 4
+        c.train.samples_per_epoch = 400
+        c.train.epochs = 10
+        c.train.lr_drop_epoch = 8
+        c.checkpoint.every_steps = 100
+        c.log.every_steps = 10
+        c.eval.benchmark = "custom"
+        c.eval.dataset = "user_masks"
+        c.eval.episodes = 200
+        c.eval.every_steps = 250
+        c.eval.at_start = True
     elif variant == "demo":
         # Small enough to learn visibly on 2 CPU cores in minutes: 168 px (a 12 x 12 feature grid),
         # a 1-block random ViT-S/14 (deeper random blocks blur colour and texture), one decoding

@@ -147,10 +147,22 @@ def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(u
     from segic_jax import checkpoints
     from segic_jax.models import bundle, segic
 
+    from configs import eval as eval_config
+    from segic_jax.data.synthetic import write_user_layouts
+    from segic_jax.evaluation import evaluate
+
     _, summary = uninterrupted
     export = summary["export"]
-    config = tiny_config(data_dir, **{"train.num_steps": 2, "train.init_from": export, "eval.every_steps": 2,
-                                      "eval.at_start": True, "dinov2.depth": 7, "clip.width": 16})
+    # your own data: a folder of images and class-index masks, its classes split into seen and held out
+    layouts = write_user_layouts(str(tmp_path / "yours"))
+    user_data = tmp_path / "user_data"
+    assert build_lib.main(["user_masks/t", "--manual_dir", layouts["masks"], "--data_dir", str(user_data),
+                           "--split_by", "classes"]) == 0
+    config = tiny_config(user_data, **{
+        "train.num_steps": 1, "train.init_from": export, "dinov2.depth": 7, "clip.width": 16,
+        "data.mixture": (("user_masks/t", "train", "class", 1.0), ("user_masks/t", "train", "instance", 1.0)),
+        "eval.benchmark": "custom", "eval.dataset": "user_masks/t", "eval.every_steps": 1, "eval.at_start": True,
+        "eval.images": False})
     tuned = trainer_lib.Trainer(config, str(tmp_path / "tune"))  # the encoders are the export's, not the config's
     try:
         saved = bundle.load(export)
@@ -162,12 +174,21 @@ def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(u
         result = tuned.run()
     finally:
         tuned.close()
-    assert result["init_from"] == export and result["step"] == 2
+    assert result["init_from"] == export and result["step"] == 1
     table = trainer_lib.report(result, config)
     assert "before fine-tuning" in table and "fine-tuned model" in table and "untrained" not in table
     tuned_head = checkpoints.module_params(segic.load(os.path.join(result["export"], "head")))
     start = checkpoints.module_params(saved.head)
     assert any(not np.array_equal(tuned_head[k], start[k]) for k in start)  # it trained from there
+    # the held-out classes, scored as the eval command does (configs/eval.py:custom)
+    c = eval_config.get_config("custom")
+    c.checkpoint, c.data_dir, c.custom_dataset, c.shots, c.episodes = result["export"], str(user_data), "user_masks/t", (1,), 4
+    scores = evaluate.run(c, str(tmp_path / "eval"))
+    assert scores["complete"] and scores["benchmarks"]["custom"]["1-shot"]["episodes"] == 4
+    assert "your dataset's test split" in (tmp_path / "eval" / "results.md").read_text()
+    c.custom_dataset = ""
+    with pytest.raises(ValueError, match=r"the custom benchmark evaluates a dataset you built .*--config\.custom_dataset"):
+        evaluate.run(c, str(tmp_path / "eval2"))
 
     with pytest.raises(ValueError, match=r"init_from brings its own encoders"):
         trainer_lib.Trainer(tiny_config(data_dir, **{"train.init_from": export, "clip.checkpoint": export}), str(tmp_path / "x"))

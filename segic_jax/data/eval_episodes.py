@@ -121,9 +121,10 @@ def coco2017(source, shots: int = 1, seed: int = 0, query_as_support: bool = Tru
     return out
 
 
-def synthetic(source, shots: int = 1, episodes: int = 1000, seed: int = 0) -> list[Episode]:
+def synthetic(source, shots: int = 1, episodes: int = 1000, seed: int = 0, what: str = "the synthetic test split") -> list[Episode]:
+    """Class-first episodes over a split stored as instances (the synthetic dataset, a user's dataset)."""
     images_of = _index([source[i]["objects"]["category_id"] for i in tqdm(range(len(source)), desc="indexing", leave=False)])
-    return _class_first(images_of, sorted(images_of), episodes, shots, seed, "the synthetic test split")
+    return _class_first(images_of, sorted(images_of), episodes, shots, seed, what)
 
 
 def ade20k_references(source, seed: int = 0, min_area: float = 0.05) -> dict[int, int]:
@@ -223,12 +224,12 @@ class Item(NamedTuple):
 
 def decode_item(kind: str, example: dict, class_id: int) -> Item:
     """One image of an episode at its own resolution: pixels of the class (semantic), the union of
-    its instances (LVIS, COCO 2017, synthetic), or the mask read as grayscale >= 128 (FSS-1000, as
+    its instances (LVIS, COCO 2017, synthetic, a user's dataset), or the mask read as grayscale >= 128 (FSS-1000, as
     the original reads it)."""
     if kind == "coco20i":
         data = decode_semantic(example)
         return Item(data["image"], data["label"] == class_id, data["label"] == 255, None)
-    if kind in ("lvis92i", "coco2017", "synthetic"):
+    if kind in ("lvis92i", "coco2017", "synthetic", "custom"):
         objects = example["objects"]
         names = [text(n) for n, c in zip(objects["category_name"], objects["category_id"]) if int(c) == class_id]
         return Item(decode_image(example["image"]), class_mask(example, class_id), None, names[0] if names else None)

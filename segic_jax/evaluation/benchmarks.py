@@ -69,6 +69,14 @@ BENCHMARKS = {
         "episodes as LVIS-92i (class uniform, query, supports other images), mask = union of the class's "
         "objects, text 'a photo of a {class}'. mIoU over the classes.",
     ),
+    "custom": Benchmark(
+        "", "test", 0, 1000,
+        "your dataset's test split (a user_coco, user_masks or user_folders build; held-out images, or "
+        "classes the train split never shows when built with --split_by classes): seeded episodes as "
+        "LVIS-92i (class uniform among the test classes, a query image of it, supports other test images of "
+        "it), mask = the union of the class's objects, text 'a photo of a {class}' with your class names. "
+        "mIoU over the classes.",
+    ),
     "ade20k": Benchmark(
         "ade20k_semantic", "val", 0, 0,
         "ADE20K-150 in-context semantic segmentation (docs/original.md 5.3): every val image once; per image "

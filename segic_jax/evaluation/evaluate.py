@@ -111,6 +111,10 @@ def open_units(benchmark: str, data_dir: str, shots: int, asked_folds, dataset: 
     b = BENCHMARKS[benchmark]
     if benchmark == "ade20k" and shots != 1:
         raise ValueError("ade20k uses one reference per class: shots must be 1")
+    if benchmark == "custom" and not dataset:
+        raise ValueError("the custom benchmark evaluates a dataset you built (python -m segic_jax.data.build "
+                         "user_masks/NAME ...): set --config.custom_dataset=user_masks/NAME (or config.eval.dataset "
+                         "in training)")
     dataset = dataset or b.dataset
     source = data_source(dataset, b.split, data_dir)
     train = data_source(dataset, "train", data_dir) if benchmark == "ade20k" else None
@@ -132,6 +136,8 @@ def _make_episodes(unit: Unit, options: Options):
         episodes = [every[i] for i in eval_episodes.subset(len(every), n, seed)]
     elif unit.benchmark == "synthetic":
         episodes = eval_episodes.synthetic(src, shots, n or default, seed)
+    elif unit.benchmark == "custom":
+        episodes = eval_episodes.synthetic(src, shots, n or default, seed, f"the test split of {unit.dataset}")
     elif unit.benchmark == "fss1000":
         every = eval_episodes.fss1000(src, shots, seed)
         episodes = [every[i] for i in eval_episodes.subset(len(every), n, seed)]
@@ -452,7 +458,7 @@ def run(config, workdir: str) -> dict:
     # open every dataset first: a missing one fails before anything is written
     plan = {}
     for b in few_shot:
-        dataset = config.synthetic_dataset if b == "synthetic" else None
+        dataset = {"synthetic": config.synthetic_dataset, "custom": config.custom_dataset}.get(b)
         for shots in (1,) if b == "ade20k" else config.shots:
             plan[b, int(shots)] = open_units(b, config.data_dir, int(shots), list(config.folds), dataset)
     plan = {k: [prepare(u, options, workdir) for u in units] for k, units in plan.items()}

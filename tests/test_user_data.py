@@ -195,3 +195,14 @@ def test_malformed_items_are_all_named_before_anything_is_written(layouts, tmp_p
                     f"{cls[2]}/4.png is 48x20", f"{cls[2]}/2.jpg as an image"):
         assert culprit in err, culprit
     assert not data_dir.exists()
+
+
+def test_held_out_layouts_show_only_classes_the_synthetic_train_split_never_shows(tmp_path):
+    from segic_jax.data.synthetic import all_classes, class_split
+
+    folder = write_user_layouts(str(tmp_path), n_classes=2, images_per_class=2, size=32, held_out=True)["masks"]
+    names = open(os.path.join(folder, "classes.txt")).read().split("\n")[:-1]
+    unseen = [c.name for c in all_classes() if class_split(c) == "test"]
+    assert names == unseen[:2]
+    with pytest.raises(ValueError, match=r"holds out 24 classes, not 25"):
+        write_user_layouts(str(tmp_path / "more"), n_classes=25, held_out=True)

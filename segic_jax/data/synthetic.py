@@ -165,12 +165,13 @@ def _user_scenes(seed: int, classes: list[ObjectClass], count: int, size: int):
 
 
 def write_user_layouts(root: str, seed: int = 0, n_classes: int = 3, images_per_class: int = 4,
-                       size: int = 48) -> dict[str, str]:
+                       size: int = 48, held_out: bool = False) -> dict[str, str]:
     """A small dataset of synthetic scenes in each layout `python -m segic_jax.data.build` reads your
     own data in (docs/your_data.md), under root/coco (user_coco: annotations.json with polygons,
     compressed RLE and crowd RLE; images/), root/masks (user_masks: images/, masks/ class-index PNGs
     with a 255 (ignored) top row, classes.txt) and root/folders (user_folders: <class>/<stem>.jpg
-    and .png). Returns {layout: its folder}."""
+    and .png). held_out: only classes the synthetic dataset's train split never shows (`class_split`),
+    as new data for a model trained on it. Returns {layout: its folder}."""
     import json
     import os
 
@@ -178,7 +179,13 @@ def write_user_layouts(root: str, seed: int = 0, n_classes: int = 3, images_per_
     from pycocotools import mask as mask_utils
 
     everything = all_classes()
-    classes = [everything[(7 * i + 1) % len(everything)] for i in range(n_classes)]
+    if held_out:
+        unseen = [c for c in everything if class_split(c) == "test"]
+        if n_classes > len(unseen):
+            raise ValueError(f"the synthetic dataset holds out {len(unseen)} classes, not {n_classes}")
+        classes = unseen[:n_classes]
+    else:
+        classes = [everything[(7 * i + 1) % len(everything)] for i in range(n_classes)]
     count = n_classes * images_per_class
     out = {layout: os.path.join(root, layout) for layout in USER_LAYOUTS}
 

@@ -93,6 +93,18 @@ def read_stored_pixels(path: str):
         raise LayoutError(f"cannot read {path} as an image ({e}); is the file complete?") from None
 
 
+def gray_pixels(data: bytes):
+    """(H, W) uint8 luminance of an encoded image (Pillow's "L" conversion of any mode), as the
+    evaluation reads an FSS-style mask (`data.sources.decode_gray`)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("L"), np.uint8)
+
+
 def check_same_size(mask_path: str, mask_hw: tuple[int, int], image_path: str, image_hw: tuple[int, int]) -> None:
     if tuple(mask_hw) != tuple(image_hw):
         raise LayoutError(f"{mask_path} is {mask_hw[1]}x{mask_hw[0]} but its image {image_path} is "

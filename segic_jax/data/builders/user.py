@@ -26,7 +26,6 @@ a held-out class. Every malformed item is named in one error before anything is 
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 
@@ -35,7 +34,8 @@ import tensorflow_datasets as tfds
 
 from segic_jax.data import rle
 from segic_jax.data.builders.common import (
-    LayoutError, check_same_size, image_size, load_json, pick_splits, read_bytes, read_stored_pixels, require_dir,
+    LayoutError, check_same_size, gray_pixels, image_size, load_json, pick_splits, read_bytes, read_stored_pixels,
+    require_dir,
 )
 from segic_jax.data.builders.fewshot import image_mask_pairs
 from segic_jax.data.builders.instances import group_annotations, instance_features, instance_object
@@ -346,8 +346,6 @@ class UserFolders(_UserData):
         return (item.key, item.key.partition("/")[0])
 
     def _scan(self, root, problems):
-        from segic_jax.data.sources import decode_gray
-
         classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
         items = []
         for class_id, cls in enumerate(classes, 1):
@@ -367,7 +365,7 @@ class UserFolders(_UserData):
                     if hw is None:
                         continue
                     check_same_size(mask_path, mask_hw, image_path, hw)
-                    mask = decode_gray(mask_bytes) >= 128
+                    mask = gray_pixels(mask_bytes) >= 128
                 except LayoutError as e:
                     problems.append(str(e))
                     continue

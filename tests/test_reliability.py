@@ -246,3 +246,21 @@ def test_a_build_waits_for_a_killed_one_and_then_builds(tmp_path, capsys):
     build.join(120)
     assert result == [0] and not stale.exists()
     assert os.path.exists(_dataset_info(data))
+
+
+def test_a_run_of_an_older_version_resumes_while_the_fields_added_since_are_off(tmp_path):
+    import json
+
+    from configs import segic as segic_config
+    from segic_jax.training import workdir as workdir_lib
+
+    config = segic_config.get_config("demo")
+    workdir_lib.record_config(str(tmp_path), config)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train.init_from"]  # as a run started before the field existed recorded it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    workdir_lib.check_config(str(tmp_path), config)  # off ("") computes what that run computed
+    assert json.loads((tmp_path / "config.json").read_text())["train.init_from"] == ""  # recorded as such
+    config.train.init_from = "ckpt/segic"
+    with pytest.raises(ValueError, match=r"train\.init_from: '' -> 'ckpt/segic'"):
+        workdir_lib.check_config(str(tmp_path), config)

@@ -133,6 +133,7 @@ def test_a_partially_written_checkpoint_is_never_loaded(uninterrupted, data_dir,
     import shutil
 
     full_dir, _ = uninterrupted
+    shutil.copy(full_dir / "config.json", tmp_path / "config.json")
     shutil.copytree(full_dir / "checkpoints" / "4", tmp_path / "checkpoints" / "4")
     # a save of step 6 that was cut short: orbax writes under a temporary name, renamed when done
     shutil.copytree(full_dir / "checkpoints" / "6", tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1234")

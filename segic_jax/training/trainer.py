@@ -236,7 +236,9 @@ class Trainer:
         scores = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.writer.scalars(self.state.step, scores)
         if self.is_main and c.images:
-            image = example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed)
+            # the representative of (at most 20 of) the episodes just scored, not more work than they were
+            image = example_image(predictor, c.benchmark, data_dir, dataset=dataset, seed=c.seed,
+                                  candidates=min(20, c.episodes))
             atomic_files.write_png(os.path.join(self.workdir, "images", f"{tag}.png"), image)
             self.writer.image(self.state.step, "eval/prediction", image)
         return result

@@ -167,7 +167,11 @@ def check_config(workdir: str, config) -> None:
             ) from None
         atomic_files.write_json(path, current)
         return
-    changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k) and not _may_change(k)]
+    # a field this version added, which the run's config.json lacks, counts as unchanged while it is off
+    # ("", False, 0: what the run computed without it)
+    added_off = {k for k in current if k not in saved and not current[k]}
+    changed = [k for k in sorted(set(saved) | set(current))
+               if saved.get(k) != current.get(k) and not _may_change(k) and k not in added_off]
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
         raise ValueError(

@@ -1,11 +1,11 @@
 """The notebooks run top to bottom in a Jupyter kernel, with tiny random-weight models: the released
 formats converted and used to segment, and a converted folder used as it is (01), the demo training
-with its plots and export (02).
+with its plots and export (02), and 02 again on a user folder it builds, fine-tuning that export.
 
 They are committed with the outputs of one run on the README's demo model, so that a reader on
 GitHub or Colab sees what they show; the tests run them afresh. To refresh those outputs, train the
 demo (`python main.py --config configs/segic.py --workdir /tmp/segic_demo`), then run
-`python tests/test_notebooks.py`."""
+`python tests/test_notebooks.py` (or `python tests/test_notebooks.py 02_finetune.ipynb` for one of them)."""
 
 import ast
 import contextlib
@@ -22,7 +22,7 @@ import torch
 from nbclient import NotebookClient
 from PIL import Image
 
-from segic_jax.data.synthetic import synthetic_pair
+from segic_jax.data.synthetic import synthetic_pair, write_user_layouts
 from segic_jax.inference.predictor import Predictor
 from segic_jax.conversion import segic as segic_conversion
 from torch_reference import stand_in_release, write_released
@@ -238,31 +238,84 @@ def test_convert_and_segment_notebook(kernel_env, released, tmp_path, monkeypatc
     np.testing.assert_array_equal(_mask_png(out / "c" / "synthetic_target_mask0.png"), saved)  # the same weights
 
 
-@pytest.mark.slow
-def test_finetune_notebook(kernel_env, tmp_path):
+# the overrides of a tiny run in seconds, beyond the model's and the data's
+TINY_RUN = {
+    "image_size": 56, "data.max_instances": 2, "train.global_batch_size": 4, "train.samples_per_epoch": 40,
+    "train.num_steps": 3, "train.num_points": 256, "checkpoint.use_async": False, "log.every_steps": 1,
+    "log.progress": False, "eval.episodes": 4, "eval.every_steps": 3, "eval.at_start": True,
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(kernel_env, tmp_path_factory):
+    """Notebook 02 with its defaults on a tiny synthetic build: (the executed notebook, its folder)."""
+    root = tmp_path_factory.mktemp("finetune")
     tiny = "synthetic_incontext/tiny"
     overrides = {
-        "image_size": 56, "dinov2.depth": 1, "clip.width": 32, "clip.depth": 1,
-        "data.mixture": ((tiny, "train", "class", 1.0), (tiny, "train", "instance", 1.0)), "data.max_instances": 2,
-        "train.global_batch_size": 4, "train.samples_per_epoch": 40, "train.num_steps": 3, "train.num_points": 256,
-        "checkpoint.use_async": False, "log.every_steps": 1, "log.progress": False,
-        "eval.dataset": tiny, "eval.episodes": 4, "eval.every_steps": 3, "eval.at_start": True,
+        **TINY_RUN, "dinov2.depth": 1, "clip.width": 32, "clip.depth": 1,
+        "data.mixture": ((tiny, "train", "class", 1.0), (tiny, "train", "instance", 1.0)), "eval.dataset": tiny,
     }
-    workdir = tmp_path / "run"
-    nb = run_notebook("02_finetune.ipynb", OVERRIDES=overrides, WORKDIR=str(workdir), DATA_DIR=str(tmp_path / "data"))
+    nb = run_notebook("02_finetune.ipynb", OVERRIDES=overrides, WORKDIR=str(root / "run"), DATA_DIR=str(root / "data"))
+    return nb, root
 
+
+@pytest.mark.slow
+def test_finetune_notebook(demo_run):
+    nb, root = demo_run
+    workdir = root / "run"
     assert str(jax.devices()[0]) in outputs(nb, "devices")[0]
+    assert "USER_FOLDER is empty" in outputs(nb, "your-data")[0]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["step"] == 3 and not summary["stopped_early"]
     assert set(summary["evaluations"]) == {"untrained", "step_3"}
     assert all(0 <= r["miou"] <= 100 and 0 <= r["baseline_miou"] <= 100 for r in summary["evaluations"].values())
     assert sorted(os.listdir(workdir / "images")) == ["step_000003.png", "untrained.png"]
-    assert os.path.isdir(tmp_path / "data" / "synthetic_incontext")  # the demo built its dataset there
+    assert os.path.isdir(root / "data" / "synthetic_incontext")  # the demo built its dataset there
     assert len(outputs(nb, "loss")[1]) == 1  # the loss curve
     text, images = outputs(nb, "eval")
-    assert "untrained" in text and "step_3" in text and len(images) == 2
+    assert text.startswith("synthetic, 4 held-out episodes:")
+    assert "untrained" in text and "step_3" in text and "fine-tun" not in text and len(images) == 2
     text, images = outputs(nb, "predict")
-    assert "masks (1, 160, 160)" in text and len(images) == 1
+    assert text.startswith("a held-out ") and "masks (1, 160, 160)" in text and len(images) == 1
+
+
+@pytest.mark.slow
+def test_finetune_notebook_on_your_folder(demo_run, tmp_path):
+    """USER_FOLDER: a user_masks folder of classes the model never trained on, built into DATA_DIR,
+    fine-tuned on from the export of the default run (INIT_FROM), scored on its test split."""
+    export = demo_run[1] / "run" / "export"
+    layouts = write_user_layouts(str(tmp_path / "yours"), n_classes=3, images_per_class=6, size=48, held_out=True)
+    folder = layouts["masks"]
+    workdir, data = tmp_path / "run", tmp_path / "data"
+    overrides = {**TINY_RUN, "eval.images": False}  # the default run draws them (test_finetune_notebook)
+    nb = run_notebook("02_finetune.ipynb", OVERRIDES=overrides, WORKDIR=str(workdir), DATA_DIR=str(data),
+                      USER_FOLDER=folder, INIT_FROM=str(export))
+
+    # built once, into DATA_DIR, under the folder's name, its images held out (the default SPLIT_BY)
+    text = outputs(nb, "your-data")[0]
+    assert re.search(r"built user_masks/masks \((train|test) \d+, (train|test) \d+ examples\)", text), text
+    assert "user_masks/masks: train " in text and "3 classes" in text and "held out" not in text
+    assert os.path.isdir(data / "user_masks" / "masks")
+    assert "held-out evaluation: the custom benchmark on the test split of user_masks/masks" in outputs(nb, "config")[0]
+    recorded = json.loads((workdir / "config.json").read_text())
+    assert recorded["eval.benchmark"] == "custom" and recorded["eval.dataset"] == "user_masks/masks"
+    assert recorded["train.init_from"] == str(export)
+    assert {tuple(p[:3]) for p in recorded["data.mixture"]} == {("user_masks/masks", "train", "class"),
+                                                               ("user_masks/masks", "train", "instance")}
+    # the export's head, scored on the test split before and after fine-tuning
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["step"] == 3 and set(summary["evaluations"]) == {"untrained", "step_3"}
+    text = outputs(nb, "train")[0]
+    assert "step 0 (before fine-tuning)" in text and "custom (4 held-out episodes) mIoU:" in text
+    assert "before fine-tuning" in text and "fine-tuned model" in text
+    text, images = outputs(nb, "eval")
+    assert text.startswith("custom on the test split of user_masks/masks, 4 held-out episodes:")
+    assert "before fine-tuning" in text and "fine-tuned, step 3" in text and not images
+    # one of its test images, a train image of the class as the reference
+    text, images = outputs(nb, "predict")
+    assert re.search(r"in the test image images/scene_\d+\.png of user_masks/masks "
+                     r"\(reference images/scene_\d+\.png, a train image\): masks \(1, 48, 48\)", text), text
+    assert len(images) == 1
 
 
 # --- the committed outputs -------------------------------------------------------------------------
@@ -320,14 +373,17 @@ def tidy(outputs, scratch: str = "") -> list:
     return kept
 
 
-def refresh(demo_export: str = DEMO_EXPORT) -> None:
-    """Run both notebooks top to bottom on the demo model and write them back with their outputs: 01 with
-    CHECKPOINT = demo_export, 02 with its own defaults (it trains the demo again). They run in a scratch
-    folder linked to this checkout, so that their relative outputs (out/, runs/) land there; the
-    notebooks' sources and metadata are kept as they are."""
+def refresh(demo_export: str = DEMO_EXPORT, names=NAMES) -> None:
+    """Run the notebooks (`names`: both by default) top to bottom on the demo model and write them back
+    with their outputs: 01 with CHECKPOINT = demo_export, 02 with its own defaults (it trains the demo
+    again). They run in a scratch folder linked to this checkout, so that their relative outputs (out/,
+    runs/) land there; the notebooks' sources and metadata are kept as they are."""
     import tempfile
 
-    if not os.path.isdir(demo_export):
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise SystemExit(f"not a notebook of notebooks/: {', '.join(unknown)} (they are {', '.join(NAMES)})")
+    if NAMES[0] in names and not os.path.isdir(demo_export):
         raise SystemExit(f"{demo_export} not found: train the demo first "
                          "(python main.py --config configs/segic.py --workdir /tmp/segic_demo)")
     with tempfile.TemporaryDirectory(prefix="segic_notebooks_") as scratch:
@@ -335,6 +391,8 @@ def refresh(demo_export: str = DEMO_EXPORT) -> None:
             os.symlink(os.path.join(ROOT, entry), os.path.join(scratch, entry))
         with kernelspec(os.path.join(scratch, "jupyter")):
             for name, parameters in ((NAMES[0], {"CHECKPOINT": demo_export}), (NAMES[1], {})):
+                if name not in names:
+                    continue
                 ran = run_notebook(name, path=scratch, record_timing=False, timeout=3600, **parameters)
                 nb = read_notebook(name)
                 for cell, done in zip(nb.cells, ran.cells):
@@ -348,4 +406,6 @@ def refresh(demo_export: str = DEMO_EXPORT) -> None:
 
 
 if __name__ == "__main__":
-    refresh(*sys.argv[1:])
+    # python tests/test_notebooks.py [DEMO_EXPORT] [NOTEBOOK.ipynb ...]: both notebooks, or those named
+    notebooks = [os.path.basename(a) for a in sys.argv[1:] if a.endswith(".ipynb")]
+    refresh(*[a for a in sys.argv[1:] if not a.endswith(".ipynb")], names=notebooks or NAMES)

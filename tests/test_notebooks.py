@@ -133,7 +133,7 @@ def test_notebooks_are_committed_with_the_outputs_of_one_run(name):
 
 
 def test_the_private_path_check_finds_what_it_must():
-    for leaked in ["/root/.cache/segic_jax/data", "wrote /work/main/out/x.png", "/home/ann/ckpt", "(/usr/lib/x)"]:
+    for leaked in ["/root/.cache/segic_jax/data", "wrote /srv/project/out/x.png", "/home/ann/ckpt", "(/usr/lib/x)"]:
         assert PRIVATE_PATH.search(leaked), leaked
     for fine in ["/tmp/segic_demo/export", "runs/notebook/export", "~/.cache/segic_jax/data", "a/home/b", "80/128"]:
         assert not PRIVATE_PATH.search(fine), fine

@@ -45,16 +45,8 @@ class _OrbaxErrors(logging.Filter):
     """Keeps orbax's error records (a traceback for each of its threads, hundreds of lines for one
     full disk) out of the log: a failed write is reported once, as `SaveFailed`, with its reason."""
 
-    def __init__(self):
-        super().__init__()
-        self.reasons: list[str] = []
-
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
-            if record.exc_info and record.exc_info[1] is not None:
-                self.reasons.append(_first_line(record.exc_info[1]))
-            return False
-        return True
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def _first_line(error: BaseException) -> str:
@@ -198,11 +190,11 @@ class Checkpoints:
         """Close the manager. After a failed write orbax's threads may never return: wait for them
         at most CLOSE_TIMEOUT_S (they are left to the process's exit, which `main.py` makes
         immediate), and remove the temporary folders of the writes that did not complete."""
-        logging.getLogger("absl").removeFilter(self._errors)
         if self.failed is None:
             self.manager.close()
+            logging.getLogger("absl").removeFilter(self._errors)
             return
-        logging.getLogger("absl").addFilter(self._errors)  # the threads still log as they fail
+        # the filter stays: the threads of the failed write still log as they fail
         closing = threading.Thread(target=self._close_quietly, name="orbax-close", daemon=True)
         closing.start()
         closing.join(CLOSE_TIMEOUT_S)

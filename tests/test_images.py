@@ -31,7 +31,7 @@ def test_a_small_file_declaring_a_huge_size_is_refused_before_decoding(tmp_path,
         images.load_image(_bomb(tmp_path / "huge.png", 20000))
     # the limit is the user's to set
     monkeypatch.setenv(images.MAX_PIXELS_VARIABLE, str(12000 * 12000))
-    assert images.load_mask.__name__ and images.max_pixels() == 144_000_000
+    assert images.max_pixels() == 144_000_000
     monkeypatch.setenv(images.MAX_PIXELS_VARIABLE, "100")
     small = tmp_path / "small.png"
     Image.new("RGB", (11, 10)).save(small)

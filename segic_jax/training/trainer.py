@@ -271,7 +271,7 @@ class Trainer:
         losses: list[float] = list(earlier.get("train_losses", []))[: self.state.step // c.log.every_steps]
         if c.eval.every_steps and c.eval.at_start and not resumed:
             evals["untrained"] = self.evaluate("untrained")
-            print(f"step 0 ({_start_label(c)}): {_format_eval(evals['untrained'])}", flush=True)
+            print(f"step 0 ({_row_names(c)[0].removesuffix(' model')}): {_format_eval(evals['untrained'])}", flush=True)
 
         # --- loop: step, log, checkpoint, evaluate
         start_step, t0 = self.state.step, time.time()
@@ -442,9 +442,10 @@ class _Progress:
         self.bar.write(line)
 
 
-def _start_label(config) -> str:
-    """What the evaluation at step 0 measures: an untrained head, or the model before fine-tuning."""
-    return "before fine-tuning" if config.train.init_from else "untrained"
+def _row_names(config) -> tuple[str, str]:
+    """The summary's names for the model at step 0 and at the end: untrained and trained, or before
+    and after fine-tuning (config.train.init_from)."""
+    return ("before fine-tuning", "fine-tuned model") if config.train.init_from else ("untrained model", "trained model")
 
 
 def _format_eval(result: dict) -> str:
@@ -488,7 +489,7 @@ def report(summary: dict, config) -> str:
         last = evals[max((k for k in evals if k.startswith("step_")), key=lambda k: int(k[5:]), default="untrained")]
         name = f"{config.eval.benchmark} ({config.eval.episodes} held-out episodes)"
         lines.append(f"{name} mIoU:")
-        before, after = ("before fine-tuning", "fine-tuned model") if config.train.init_from else ("untrained model", "trained model")
+        before, after = _row_names(config)
         if "untrained" in evals:
             lines.append(f"  {before:<27}{evals['untrained']['miou']:6.1f}")
         lines.append(f"  {after:<27}{last['miou']:6.1f}")

@@ -109,6 +109,10 @@ def test_head_init_is_pytorchs_default_init(tmp_path):
         _check_drawn_like(f"{k} ({source[k]})", v, rules[source[k]])
         checked += 1
     assert checked == 147  # every trainable tensor (the 148th, the positional matrix, is a buffer)
+    # independent draws: no two tensors start with the same values relative to their scale
+    starts = {tuple(np.round(np.asarray(v, np.float64).ravel()[:8] / rules[source[k]][1], 5))
+              for k, v in ours.items() if rules[source[k]][0] != "constant" and np.size(v) >= 8}
+    assert len(starts) == sum(rules[source[k]][0] != "constant" and np.size(v) >= 8 for k, v in ours.items())
 
 
 # --- loss normalisation ----------------------------------------------------------------------------

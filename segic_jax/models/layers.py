@@ -21,22 +21,30 @@ def pytorch_default_init(module: nnx.Module, key: jax.Array) -> nnx.Module:
     initialisers draw them, which is what the original trains its head from (docs/original.md 1):
     Linear and Conv weights and biases ~ U(+-1/sqrt(fan_in)), fan_in = inputs x kernel area (Flax's
     defaults are LeCun-normal weights and zero biases); Embed ~ N(0, 1) (Flax: std 1/sqrt(dim)).
-    ConvTranspose2x2 draws PyTorch's init itself; LayerNorms are ones and zeros in both."""
-    keys = iter(jax.random.split(key, 4096))
+    ConvTranspose2x2 draws PyTorch's init itself; LayerNorms are ones and zeros in both.
 
-    def uniform(param: nnx.Param, bound: float) -> None:
-        param.set_value(jax.random.uniform(next(keys), param.shape, param.dtype, -bound, bound))
-
+    All uniforms come from one draw and all normals from another, cut into the parameters: two
+    random programs instead of one per parameter, which XLA compiles in a fraction of the time."""
+    uniform, normal = [], []  # (param, bound) in graph order; Embed tables
     for _, node in nnx.iter_graph(module):
         if isinstance(node, (nnx.Linear, nnx.Conv)):
             # kernels: Linear (in, out), Conv (kh, kw, in / groups, out)
             bound = 1.0 / float(np.prod(node.kernel.shape[:-1])) ** 0.5
-            uniform(node.kernel, bound)
-            if node.bias is not None:
-                uniform(node.bias, bound)
+            uniform += [(node.kernel, bound)] + ([(node.bias, bound)] if node.bias is not None else [])
         elif isinstance(node, nnx.Embed):
-            node.embedding.set_value(jax.random.normal(next(keys), node.embedding.shape, node.embedding.dtype))
+            normal.append((node.embedding, 1.0))
+    u_key, n_key = jax.random.split(key)
+    _fill(uniform, jax.random.uniform(u_key, (sum(p.size for p, _ in uniform),), jnp.float32, -1.0, 1.0))
+    _fill(normal, jax.random.normal(n_key, (sum(p.size for p, _ in normal),), jnp.float32))
     return module
+
+
+def _fill(params: list, flat: jax.Array) -> None:
+    """Set each (param, scale) of `params` to its consecutive slice of `flat`, times scale."""
+    start = 0
+    for param, scale in params:
+        param.set_value((flat[start:start + param.size].reshape(param.shape) * scale).astype(param.dtype))
+        start += param.size
 
 
 def layer_norm_2d(channels: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:

@@ -70,10 +70,15 @@ def new_head(config, encoder: dinov2.Dinov2, text_model: clip_text.ClipTextModel
     if config.image_size % 14:
         raise ValueError(f"config.image_size must be a multiple of 14, got {config.image_size}")
     cfg = SegicConfig(vision_dim=encoder.cfg.embed_dim, text_dim=text_model.cfg.width, image_size=config.image_size)
-    head = SegicHead(cfg, rngs=nnx.Rngs(config.seed + 2))
-    if config.train.head_init == "pytorch":  # what the original trains from (docs/original.md 1)
-        pytorch_default_init(head, jax.random.key(config.seed + 3))
-    return head
+
+    @nnx.jit
+    def draw() -> SegicHead:  # one compiled program (drawn op by op, the init compiled ~100 small ones)
+        head = SegicHead(cfg, rngs=nnx.Rngs(config.seed + 2))
+        if config.train.head_init == "pytorch":  # what the original trains from (docs/original.md 1)
+            pytorch_default_init(head, jax.random.key(config.seed + 3))
+        return head
+
+    return draw()
 
 
 class Trainer:

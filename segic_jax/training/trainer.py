@@ -125,17 +125,10 @@ class Trainer:
         self.batch_sharding = mesh_lib.batch_sharding(self.mesh)
         rows = mesh_lib.local_rows(self.batch_sharding, c.train.global_batch_size)
 
-        # --- models: frozen encoders and a new head, or those of the model to fine-tune
-        self.init_from = start = _fine_tuned(c)
-        self.clip_dir = bundle.part_path(start, bundle.CLIP_TEXT) if start else c.clip.checkpoint
-        self.encoder, enc_note = build_encoder(c, bundle.part_path(start, bundle.DINOV2) if start else "")
-        self.text_model, self.tokenizer, text_note = build_text_encoder(c, self.clip_dir)
-        self.head = new_head(c, self.encoder, self.text_model)
-        if start:
-            self.head = bundle.load_head_weights(self.head, start)
-        self.notes = {"dinov2": enc_note, "clip_text": text_note, **({"init_from": start} if start else {})}
+        self.init_from = start = _fine_tuned(c)  # checked first: a wrong name fails in seconds
 
-        # --- input: complete batches (episodes and their prompts) from data/; batch s is step s's
+        # --- input: complete batches (episodes and their prompts) from data/; batch s is step s's (read
+        # before the models are built: a dataset that is missing fails in seconds too)
         self.data_dir = os.path.abspath(os.path.expanduser(c.data.data_dir))
         parts = mixture.parts(c.data.mixture)
         if c.data.build_builtin:
@@ -146,6 +139,15 @@ class Trainer:
             semantic_aug=episodes.SemanticAugment(scale_range=tuple(c.data.semantic_scale_range),
                                                   square_reference=c.data.square_reference),
         )
+
+        # --- models: frozen encoders and a new head, or those of the model to fine-tune
+        self.clip_dir = bundle.part_path(start, bundle.CLIP_TEXT) if start else c.clip.checkpoint
+        self.encoder, enc_note = build_encoder(c, bundle.part_path(start, bundle.DINOV2) if start else "")
+        self.text_model, self.tokenizer, text_note = build_text_encoder(c, self.clip_dir)
+        self.head = new_head(c, self.encoder, self.text_model)
+        if start:
+            self.head = bundle.load_head_weights(self.head, start)
+        self.notes = {"dinov2": enc_note, "clip_text": text_note, **({"init_from": start} if start else {})}
         self.steps_per_epoch = c.train.samples_per_epoch // c.train.global_batch_size  # >= 1 (config_checks.check)
         self.num_steps = c.train.num_steps or c.train.epochs * self.steps_per_epoch
         self.iterator = None  # started at the first batch, from the step then current

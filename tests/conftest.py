@@ -1,8 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests run on the CPU; keep XLA from grabbing every core's worth of threads per process.
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# One persistent compilation cache for the run, empty at its start (as on a fresh machine) and shared
+# with the commands the tests start: a program that one test or command compiled is read back by the
+# next that builds it (a new Trainer, a second main.py), as a user's second run reads main.py's cache.
+# Programs of every compile time are kept; tests of the cache itself give their commands their own.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="segic_jax_test_xla_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np
 import pytest

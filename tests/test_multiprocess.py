@@ -233,7 +233,7 @@ def test_a_killed_process_makes_the_other_exit_within_seconds(data_dir, tmp_path
     """The survivor's next step fails (its collective with the dead process) and it leaves at once;
     without that it would wait in jax's shutdown barrier until the heartbeat timeout (100 s) and abort."""
     job = Job(tmp_path / "killed", _train(tmp_path / "run", data_dir, "--config.train.num_steps=1000",
-                                          "--config.eval.every_steps=0"))
+                                          "--config.eval.every_steps=0", "--config.eval.at_start=False"))
     job.wait_for(0, "step 1/1000 ")
     job.procs[1].kill()
     killed = time.time()

@@ -145,26 +145,25 @@ def test_a_partially_written_checkpoint_is_never_loaded(uninterrupted, data_dir,
 
 
 def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(uninterrupted, data_dir, tmp_path):
+    """Your own data in each of its three layouts, built, fine-tuned on from an export and scored on
+    its held-out part through main.py, as docs/your_data.md tells a user to."""
     from segic_jax import checkpoints
     from segic_jax.models import bundle, segic
 
-    from configs import eval as eval_config
     from segic_jax.data.synthetic import write_user_layouts
-    from segic_jax.evaluation import evaluate
 
     _, summary = uninterrupted
     export = summary["export"]
-    # your own data: a folder of images and class-index masks, its classes split into seen and held out
     layouts = write_user_layouts(str(tmp_path / "yours"))
     user_data = tmp_path / "user_data"
-    assert build_lib.main(["user_masks/t", "--manual_dir", layouts["masks"], "--data_dir", str(user_data),
-                           "--split_by", "classes"]) == 0
-    config = tiny_config(user_data, **{
-        "train.num_steps": 1, "train.init_from": export, "dinov2.depth": 7, "clip.width": 16,
-        "data.mixture": (("user_masks/t", "train", "class", 1.0), ("user_masks/t", "train", "instance", 1.0)),
-        "eval.benchmark": "custom", "eval.dataset": "user_masks/t", "eval.every_steps": 1, "eval.at_start": True,
-        "eval.images": False})
-    tuned = trainer_lib.Trainer(config, str(tmp_path / "tune"))  # the encoders are the export's, not the config's
+    names = {"masks": "user_masks/t", "coco": "user_coco/t", "folders": "user_folders/t"}
+    # held-out classes, and held-out images (half of them: each class keeps a pair to make an episode of)
+    for layout, split in (("masks", "classes"), ("coco", "images"), ("folders", "classes")):
+        assert build_lib.main([names[layout], "--manual_dir", layouts[layout], "--data_dir", str(user_data),
+                               "--split_by", split, *(["--test_fraction", "0.5"] if split == "images" else [])]) == 0
+    mixture = tuple((name, "train", episodes, 1.0) for name in names.values() for episodes in ("class", "instance"))
+    config = tiny_config(user_data, **{"train.init_from": export, "data.mixture": mixture})
+    tuned = trainer_lib.Trainer(config, str(tmp_path / "start"))  # the encoders are the export's, not the config's
     try:
         saved = bundle.load(export)
         for model, here in ((saved.head, tuned.head), (saved.encoder, tuned.encoder), (saved.text_model, tuned.text_model)):
@@ -172,24 +171,40 @@ def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(u
             assert sorted(want) == sorted(got)
             for name in want:
                 np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]), err_msg=name)
-        result = tuned.run()
     finally:
         tuned.close()
-    assert result["init_from"] == export and result["step"] == 1
-    table = trainer_lib.report(result, config)
-    assert "before fine-tuning" in table and "fine-tuned model" in table and "untrained" not in table
+
+    # the commands of docs/your_data.md: configs/segic.py:finetune from the export, on all three builds
+    run = _main(tmp_path / "tune", user_data, f"--config.train.init_from={export}", f"--config.data.mixture={mixture!r}",
+                "--config.train.num_steps=2", "--config.eval.dataset=user_coco/t", "--config.eval.episodes=4",
+                "--config.eval.every_steps=2", "--config.eval.images=False", "--config.checkpoint.every_steps=0",
+                config="segic.py:finetune")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "tune" / "summary.json").read_text())
+    assert result["init_from"] == export and result["step"] == 2
+    assert set(result["evaluations"]) == {"untrained", "step_2"}
+    assert "before fine-tuning" in run.stdout and "fine-tuned model" in run.stdout and "untrained" not in run.stdout
     tuned_head = checkpoints.module_params(segic.load(os.path.join(result["export"], "head")))
     start = checkpoints.module_params(saved.head)
     assert any(not np.array_equal(tuned_head[k], start[k]) for k in start)  # it trained from there
-    # the held-out classes, scored as the eval command does (configs/eval.py:custom)
-    c = eval_config.get_config("custom")
-    c.checkpoint, c.data_dir, c.custom_dataset, c.shots, c.episodes = result["export"], str(user_data), "user_masks/t", (1,), 4
-    scores = evaluate.run(c, str(tmp_path / "eval"))
-    assert scores["complete"] and scores["benchmarks"]["custom"]["1-shot"]["episodes"] == 4
-    assert "your dataset's test split" in (tmp_path / "eval" / "results.md").read_text()
-    c.custom_dataset = ""
-    with pytest.raises(ValueError, match=r"the custom benchmark evaluates a dataset you built .*--config\.custom_dataset"):
-        evaluate.run(c, str(tmp_path / "eval2"))
+    for name in ("user_masks/t", "user_folders/t"):  # the held-out classes, scored by the eval command
+        out = tmp_path / "eval" / name.split("/")[0]
+        scored = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "eval", "--config",
+             os.path.join(ROOT, "configs", "eval.py:custom"), "--workdir", str(out), f"--config.data_dir={user_data}",
+             f"--config.checkpoint={result['export']}", f"--config.custom_dataset={name}", "--config.episodes=4",
+             "--config.shots=(1,)", "--config.plot=False"],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+        assert scored.returncode == 0, scored.stderr[-3000:]
+        scores = json.loads((out / "results.json").read_text())
+        assert scores["complete"] and scores["benchmarks"]["custom"]["1-shot"]["episodes"] == 4, scores
+        assert "your dataset's test split" in (out / "results.md").read_text()
+    blank = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "eval", "--config", os.path.join(ROOT, "configs", "eval.py:custom"),
+         "--workdir", str(tmp_path / "eval2"), f"--config.data_dir={user_data}", f"--config.checkpoint={result['export']}"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert blank.returncode == 1 and re.search(r"the custom benchmark evaluates a dataset you built .*--config\.custom_dataset",
+                                               blank.stderr), blank.stderr[-2000:]
 
     with pytest.raises(ValueError, match=r"init_from brings its own encoders"):
         trainer_lib.Trainer(tiny_config(data_dir, **{"train.init_from": export, "clip.checkpoint": export}), str(tmp_path / "x"))
@@ -333,12 +348,12 @@ def test_bad_configs_and_missing_datasets_give_clear_errors(data_dir, tmp_path):
     assert not (tmp_path / "w" / "checkpoints").exists() or not os.listdir(tmp_path / "w" / "checkpoints")
 
 
-def _main(workdir, data_dir, *extra, devices=1):
+def _main(workdir, data_dir, *extra, devices=1, config="segic.py:demo"):
     env = dict(os.environ, PYTHONPATH=ROOT)
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), "--config", os.path.join(ROOT, "configs", "segic.py:demo"),
+        [sys.executable, os.path.join(ROOT, "main.py"), "--config", os.path.join(ROOT, "configs", config),
          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES, *extra],
         capture_output=True, text=True, env=env, cwd=ROOT,
     )

@@ -351,7 +351,7 @@ def test_bad_configs_and_missing_datasets_give_clear_errors(data_dir, tmp_path):
 def _main(workdir, data_dir, *extra, devices=1, config="segic.py:demo"):
     env = dict(os.environ, PYTHONPATH=ROOT)
     if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "main.py"), "--config", os.path.join(ROOT, "configs", config),
          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *TINY_OVERRIDES, *extra],

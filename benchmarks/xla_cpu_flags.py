@@ -71,6 +71,8 @@ def torch_seconds(arch: str, size: int, iters: int) -> float:
 
 
 def main():
+    import numpy as np
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="vits14")
     parser.add_argument("--sizes", type=int, nargs="+", default=[448, 896])
@@ -101,8 +103,6 @@ def main():
                 reason = (done.stderr.strip().splitlines() or ["no output"])[-1][:120]
                 print(f"{label:<78} failed: {reason}")
                 continue
-            import numpy as np
-
             with open(out) as f:
                 seconds = {int(k): v for k, v in json.load(f).items()}
             features = {s: np.load(f"{out}.{s}.npy") for s in args.sizes}

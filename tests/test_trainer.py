@@ -187,22 +187,23 @@ def test_fine_tuning_starts_from_a_converted_model_and_names_what_does_not_fit(u
     tuned_head = checkpoints.module_params(segic.load(os.path.join(result["export"], "head")))
     start = checkpoints.module_params(saved.head)
     assert any(not np.array_equal(tuned_head[k], start[k]) for k in start)  # it trained from there
+
+    def custom_eval(workdir, *extra):  # the eval command of docs/your_data.md on the fine-tuned export
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "eval", "--config",
+             os.path.join(ROOT, "configs", "eval.py:custom"), "--workdir", str(workdir), f"--config.data_dir={user_data}",
+             f"--config.checkpoint={result['export']}", *extra],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+
     for name in ("user_masks/t", "user_folders/t"):  # the held-out classes, scored by the eval command
         out = tmp_path / "eval" / name.split("/")[0]
-        scored = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "eval", "--config",
-             os.path.join(ROOT, "configs", "eval.py:custom"), "--workdir", str(out), f"--config.data_dir={user_data}",
-             f"--config.checkpoint={result['export']}", f"--config.custom_dataset={name}", "--config.episodes=4",
-             "--config.shots=(1,)", "--config.plot=False"],
-            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+        scored = custom_eval(out, f"--config.custom_dataset={name}", "--config.episodes=4", "--config.shots=(1,)",
+                             "--config.plot=False")
         assert scored.returncode == 0, scored.stderr[-3000:]
         scores = json.loads((out / "results.json").read_text())
         assert scores["complete"] and scores["benchmarks"]["custom"]["1-shot"]["episodes"] == 4, scores
         assert "your dataset's test split" in (out / "results.md").read_text()
-    blank = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), "--mode", "eval", "--config", os.path.join(ROOT, "configs", "eval.py:custom"),
-         "--workdir", str(tmp_path / "eval2"), f"--config.data_dir={user_data}", f"--config.checkpoint={result['export']}"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    blank = custom_eval(tmp_path / "eval2")
     assert blank.returncode == 1 and re.search(r"the custom benchmark evaluates a dataset you built .*--config\.custom_dataset",
                                                blank.stderr), blank.stderr[-2000:]
 
